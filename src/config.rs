@@ -1,0 +1,200 @@
+//! Configuration: a TOML file, then `VERBATIM_*` environment variables, then
+//! command-line flags, over embedded defaults. Unknown keys are refused.
+//! `docs/config.example.toml` shows every key with its default; a test loads it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use verbatim_schema::{Limits, SiteId};
+
+use crate::log::LogConfig;
+use crate::paths::DataDir;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the archive lives (`VERBATIM_DATA_DIR`).
+    pub data_dir: PathBuf,
+    pub http: HttpConfig,
+    pub site: SiteConfig,
+    pub log: LogConfig,
+    /// Limits on each event.
+    pub limits: Limits,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address of the HTTP API (`VERBATIM_HTTP_LISTEN`); loopback by default.
+    pub listen: SocketAddr,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SiteConfig {
+    /// This archive's site id, stamped on every record (`VERBATIM_SITE_ID`).
+    pub id: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./verbatim-data"),
+            http: HttpConfig::default(),
+            site: SiteConfig::default(),
+            log: LogConfig::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8090)),
+        }
+    }
+}
+
+impl Default for SiteConfig {
+    fn default() -> Self {
+        Self { id: "local".into() }
+    }
+}
+
+impl Config {
+    /// Loads `file` (if any) over the defaults, then applies the environment
+    /// as read by `env`.
+    pub fn load(file: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        let mut config = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config file {}", path.display()))?;
+                Self::from_toml(&text)
+                    .with_context(|| format!("in config file {}", path.display()))?
+            }
+            None => Self::default(),
+        };
+        if let Some(v) = env("VERBATIM_DATA_DIR") {
+            config.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = env("VERBATIM_HTTP_LISTEN") {
+            config.http.listen = v
+                .parse()
+                .with_context(|| format!("VERBATIM_HTTP_LISTEN={v} is not an address:port"))?;
+        }
+        if let Some(v) = env("VERBATIM_SITE_ID") {
+            config.site.id = v;
+        }
+        config.check()?;
+        Ok(config)
+    }
+
+    pub fn from_toml(text: &str) -> anyhow::Result<Self> {
+        let config: Self = toml::from_str(text)?;
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        let id = &self.site.id;
+        anyhow::ensure!(
+            !id.is_empty()
+                && id.len() <= 64
+                && id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+            "site.id `{id}` must be 1-64 characters of letters, digits, `-` and `_`"
+        );
+        let l = &self.log;
+        anyhow::ensure!(
+            (0..=22).contains(&l.compression_level),
+            "log.compression_level must be 0-22"
+        );
+        anyhow::ensure!(
+            (1..=22).contains(&l.sealed_compression_level),
+            "log.sealed_compression_level must be 1-22"
+        );
+        anyhow::ensure!(
+            l.segment_max_bytes >= 4096,
+            "log.segment_max_bytes must be at least 4096"
+        );
+        let cap = crate::log::frame::MAX_PAYLOAD as usize;
+        anyhow::ensure!(
+            l.max_block_bytes >= 4096 && l.max_block_bytes <= cap,
+            "log.max_block_bytes must be 4096-{cap}"
+        );
+        anyhow::ensure!(
+            l.sealed_block_bytes >= 4096 && l.sealed_block_bytes <= cap / 2,
+            "log.sealed_block_bytes must be 4096-{}",
+            cap / 2
+        );
+        anyhow::ensure!(l.queue_depth >= 1, "log.queue_depth must be at least 1");
+        Ok(())
+    }
+
+    pub fn data(&self) -> DataDir {
+        DataDir::new(&self.data_dir)
+    }
+
+    pub fn site_id(&self) -> SiteId {
+        SiteId::new(self.site.id.clone())
+    }
+
+    /// The log settings with the limits' time plausibility folded in.
+    pub fn log_config(&self) -> LogConfig {
+        LogConfig {
+            time: self.limits.time.clone(),
+            ..self.log.clone()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_loads_and_equals_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/config.example.toml");
+        let loaded = Config::load(Some(&path), |_| None).expect("example config loads");
+        assert_eq!(
+            loaded,
+            Config::default(),
+            "docs/config.example.toml must show the defaults"
+        );
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let env = |k: &str| match k {
+            "VERBATIM_DATA_DIR" => Some("/srv/archive".to_string()),
+            "VERBATIM_HTTP_LISTEN" => Some("127.0.0.1:9000".to_string()),
+            "VERBATIM_SITE_ID" => Some("nyc".to_string()),
+            _ => None,
+        };
+        let c = Config::load(None, env).expect("loads");
+        assert_eq!(c.data_dir, PathBuf::from("/srv/archive"));
+        assert_eq!(c.http.listen.port(), 9000);
+        assert_eq!(c.site.id, "nyc");
+        let bad = Config::load(None, |k| {
+            (k == "VERBATIM_HTTP_LISTEN").then(|| "nowhere".to_string())
+        });
+        assert!(bad.is_err());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        assert!(Config::from_toml("data_dri = \"x\"").is_err());
+        assert!(Config::from_toml("[log]\nsegment_max_byte = 1").is_err());
+        assert!(Config::from_toml("[log]\ncompression_level = 40").is_err());
+        assert!(Config::from_toml("[site]\nid = \"a b\"").is_err());
+        assert!(Config::from_toml("[log]\nrecovery = \"whatever\"").is_err());
+        let c = Config::from_toml("[log]\nrecovery = \"strict\"\n[limits]\nmax_body_bytes = 10")
+            .expect("valid");
+        assert_eq!(c.log.recovery, crate::log::RecoveryMode::Strict);
+        assert_eq!(c.limits.max_body_bytes, 10);
+    }
+}

@@ -1,0 +1,12 @@
+//! Verbatim: an archival database server for enterprise instant messaging.
+//! This crate is the server and its storage engine; `main.rs` only calls
+//! [`cli::main`]. See `docs/ARCHITECTURE.md` for the map.
+
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod import;
+pub mod log;
+pub mod metrics;
+pub mod paths;
+pub mod server;

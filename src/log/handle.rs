@@ -1,0 +1,236 @@
+//! The one writer task: appenders send batches into a bounded queue; a
+//! dedicated thread takes everything waiting (up to a block's worth), writes it
+//! as one block with one fsync, and then completes every appender's ack. A
+//! second thread seals rolled segments so sealing never delays an ack.
+
+use std::ops::Range;
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tracing::{error, warn};
+use verbatim_schema::{Offset, Record};
+
+use super::reader::LogReader;
+use super::writer::Log;
+use super::LogError;
+use crate::metrics::LogMetrics;
+
+/// Why an append was not acknowledged.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AppendError {
+    /// The queue is full: back off and retry (HTTP 429).
+    #[error("the log writer queue is full")]
+    QueueFull,
+    /// The log cannot make data durable now (HTTP 503).
+    #[error("the log cannot make data durable: {0}")]
+    Unavailable(String),
+    /// The batch can never fit in one block (HTTP 413).
+    #[error("{0}")]
+    TooLarge(String),
+}
+
+enum Msg {
+    Append(
+        Vec<Record>,
+        oneshot::Sender<Result<Range<Offset>, AppendError>>,
+    ),
+    Close(oneshot::Sender<Result<(), String>>),
+}
+
+/// How often an idle writer checks whether the active segment is old enough to roll.
+const IDLE_TICK: Duration = Duration::from_secs(1);
+
+/// Sends batches to the writer thread. Cloneable.
+#[derive(Clone, Debug)]
+pub struct LogHandle {
+    tx: SyncSender<Msg>,
+    reader: LogReader,
+    metrics: Arc<LogMetrics>,
+}
+
+impl LogHandle {
+    /// Starts the writer and sealer threads over an open log.
+    pub fn start(log: Log, metrics: Arc<LogMetrics>) -> (LogHandle, JoinHandle<()>) {
+        let (tx, rx) = mpsc::sync_channel(log.config().queue_depth.max(1));
+        let reader = log.reader();
+        let m = metrics.clone();
+        let thread = std::thread::Builder::new()
+            .name("log-writer".into())
+            .spawn(move || writer_loop(log, rx, m))
+            .expect("spawning the log writer thread");
+        (
+            LogHandle {
+                tx,
+                reader,
+                metrics,
+            },
+            thread,
+        )
+    }
+
+    /// Appends one batch; resolves once it is durable, with its offsets.
+    pub async fn append(&self, records: Vec<Record>) -> Result<Range<Offset>, AppendError> {
+        let (reply, ack) = oneshot::channel();
+        match self.tx.try_send(Msg::Append(records, reply)) {
+            Ok(()) => self.metrics.queue_depth.inc(),
+            Err(TrySendError::Full(_)) => return Err(AppendError::QueueFull),
+            Err(TrySendError::Disconnected(_)) => {
+                return Err(AppendError::Unavailable(
+                    "the log writer has stopped".into(),
+                ))
+            }
+        };
+        ack.await.unwrap_or_else(|_| {
+            Err(AppendError::Unavailable(
+                "the log writer has stopped".into(),
+            ))
+        })
+    }
+
+    pub fn reader(&self) -> &LogReader {
+        &self.reader
+    }
+
+    /// Writes what is queued, seals the log and stops the threads.
+    pub async fn close(&self) -> Result<(), String> {
+        let (reply, done) = oneshot::channel();
+        let tx = self.tx.clone();
+        tokio::task::spawn_blocking(move || tx.send(Msg::Close(reply)))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|_| "the log writer has stopped".to_string())?;
+        done.await
+            .map_err(|_| "the log writer has stopped".to_string())?
+    }
+}
+
+fn to_append_error(e: &LogError) -> AppendError {
+    match e {
+        LogError::BatchTooLarge { .. } => AppendError::TooLarge(e.to_string()),
+        _ => AppendError::Unavailable(e.to_string()),
+    }
+}
+
+type Pending = Vec<(
+    Vec<Record>,
+    oneshot::Sender<Result<Range<Offset>, AppendError>>,
+)>;
+
+fn estimate(records: &[Record]) -> usize {
+    records
+        .iter()
+        .map(|r| {
+            64 + r.event.body.len()
+                + r.event.from.len()
+                + r.event.to.iter().map(String::len).sum::<usize>()
+        })
+        .sum()
+}
+
+fn write_pending(log: &mut Log, pending: Pending, m: &LogMetrics) {
+    let (mut batches, replies): (Vec<_>, Vec<_>) = pending.into_iter().unzip();
+    match log.append(&mut batches) {
+        Ok((ranges, stats)) => {
+            m.events_appended.inc_by(stats.records);
+            m.raw_bytes_appended.inc_by(stats.raw_bytes);
+            m.stored_bytes_appended.inc_by(stats.stored_bytes);
+            if stats.records > 0 {
+                m.blocks_written.inc();
+                m.block_records.observe(stats.records as f64);
+                m.block_bytes.observe(stats.stored_bytes as f64);
+                m.fsync_seconds.observe(stats.sync_nanos as f64 / 1e9);
+            }
+            for (reply, range) in replies.into_iter().zip(ranges) {
+                let _ = reply.send(Ok(range));
+            }
+        }
+        Err(LogError::BatchTooLarge { .. }) if batches.len() > 1 => {
+            // Together too large for a block: write them one at a time.
+            for (batch, reply) in batches.into_iter().zip(replies) {
+                write_pending(log, vec![(batch, reply)], m);
+            }
+        }
+        Err(e) => {
+            if log.failure().is_some() {
+                error!("log writer stopped: {e}");
+                m.writer_failed.set(1);
+            }
+            let err = to_append_error(&e);
+            for reply in replies {
+                let _ = reply.send(Err(err.clone()));
+            }
+        }
+    }
+}
+
+fn writer_loop(mut log: Log, rx: mpsc::Receiver<Msg>, m: Arc<LogMetrics>) {
+    let (seal_tx, seal_rx) = mpsc::channel::<Offset>();
+    let sealer = log.sealer();
+    let sm = m.clone();
+    let seal_thread = std::thread::Builder::new()
+        .name("log-sealer".into())
+        .spawn(move || {
+            while let Ok(active_first) = seal_rx.recv() {
+                match sealer.seal_pending(active_first) {
+                    Ok(n) => {
+                        sm.segments_sealed.inc_by(n as u64);
+                    }
+                    Err(e) => {
+                        sm.seal_failures.inc();
+                        warn!("sealing failed, will retry after the next roll: {e}");
+                    }
+                }
+            }
+        })
+        .expect("spawning the log sealer thread");
+    let limit = log.config().max_block_bytes / 2;
+    let mut closing = None;
+    while closing.is_none() {
+        let first = match rx.recv_timeout(IDLE_TICK) {
+            Ok(msg) => msg,
+            Err(RecvTimeoutError::Timeout) => {
+                if matches!(log.maybe_roll(), Ok(true)) {
+                    let _ = seal_tx.send(log.head());
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        let mut pending: Pending = Vec::new();
+        let mut bytes = 0;
+        let mut msg = Some(first);
+        while let Some(next) = msg.take() {
+            match next {
+                Msg::Append(records, reply) => {
+                    m.queue_depth.dec();
+                    bytes += estimate(&records);
+                    pending.push((records, reply));
+                }
+                Msg::Close(reply) => closing = Some(reply),
+            }
+            if bytes < limit && closing.is_none() {
+                msg = rx.try_recv().ok();
+            }
+        }
+        let segments_before = log.head();
+        let active_before = log.shared().segments().len();
+        if !pending.is_empty() {
+            write_pending(&mut log, pending, &m);
+        }
+        if log.shared().segments().len() != active_before {
+            let _ = seal_tx.send(segments_before);
+        }
+    }
+    drop(seal_tx);
+    let _ = seal_thread.join();
+    let result = log.close().map_err(|e| e.to_string());
+    if let Err(e) = &result {
+        error!("closing the log: {e}");
+    }
+    if let Some(reply) = closing {
+        let _ = reply.send(result);
+    }
+}

@@ -1,0 +1,403 @@
+//! The file operations the log needs, behind one trait, so every layer above
+//! runs over the real file system in production and over [`MemStorage`] in
+//! tests. `MemStorage` models what a crash does: it forgets writes and
+//! directory changes that were not synced, and may keep a torn prefix of the
+//! unsynced tail of any file.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// A file open for appending.
+pub trait AppendFile: Send {
+    fn append(&mut self, data: &[u8]) -> io::Result<()>;
+    /// `fdatasync`: data and the size needed to read it back are durable.
+    fn sync_data(&mut self) -> io::Result<()>;
+}
+
+/// A file open for positioned reads, shareable between threads.
+pub trait ReadAt: Send + Sync {
+    /// Fills `buf` from `pos`; an error if the file ends first.
+    fn read_exact_at(&self, buf: &mut [u8], pos: u64) -> io::Result<()>;
+    fn len(&self) -> io::Result<u64>;
+}
+
+/// Directory and file operations. Paths are full paths.
+pub trait Storage: Send + Sync {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// Names (not paths) of the entries of `dir`, sorted.
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// Creates a new file; fails if it exists.
+    fn create(&self, path: &Path) -> io::Result<Box<dyn AppendFile>>;
+    /// Opens an existing file to append to it.
+    fn open_append(&self, path: &Path) -> io::Result<Box<dyn AppendFile>>;
+    fn open_read(&self, path: &Path) -> io::Result<Arc<dyn ReadAt>>;
+    /// Cuts a file to `len` bytes and syncs it.
+    fn truncate(&self, path: &Path, len: u64) -> io::Result<()>;
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    fn remove(&self, path: &Path) -> io::Result<()>;
+    /// Makes creations, renames and removals in `dir` durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Marks a sealed file read-only.
+    fn set_readonly(&self, path: &Path) -> io::Result<()>;
+}
+
+/// Reads a whole file; for small files (headers, footers are read in place).
+pub fn read_all(file: &dyn ReadAt) -> io::Result<Vec<u8>> {
+    let len = usize::try_from(file.len()?).map_err(|_| io::Error::other("file too large"))?;
+    let mut buf = vec![0; len];
+    file.read_exact_at(&mut buf, 0)?;
+    Ok(buf)
+}
+
+/// The real file system.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FsStorage;
+
+struct FsAppend(File);
+
+impl AppendFile for FsAppend {
+    fn append(&mut self, data: &[u8]) -> io::Result<()> {
+        self.0.write_all(data)
+    }
+
+    fn sync_data(&mut self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+}
+
+struct FsRead(File);
+
+impl ReadAt for FsRead {
+    fn read_exact_at(&self, buf: &mut [u8], pos: u64) -> io::Result<()> {
+        FileExt::read_exact_at(&self.0, buf, pos)
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.0.metadata()?.len())
+    }
+}
+
+impl Storage for FsStorage {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        fs::create_dir_all(dir)
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in fs::read_dir(dir)? {
+            if let Ok(name) = entry?.file_name().into_string() {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn create(&self, path: &Path) -> io::Result<Box<dyn AppendFile>> {
+        let f = OpenOptions::new()
+            .append(true)
+            .create_new(true)
+            .open(path)?;
+        Ok(Box::new(FsAppend(f)))
+    }
+
+    fn open_append(&self, path: &Path) -> io::Result<Box<dyn AppendFile>> {
+        let f = OpenOptions::new().append(true).open(path)?;
+        Ok(Box::new(FsAppend(f)))
+    }
+
+    fn open_read(&self, path: &Path) -> io::Result<Arc<dyn ReadAt>> {
+        Ok(Arc::new(FsRead(File::open(path)?)))
+    }
+
+    fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
+        let f = OpenOptions::new().write(true).open(path)?;
+        f.set_len(len)?;
+        f.sync_all()
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        fs::rename(from, to)
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        fs::remove_file(path)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        File::open(dir)?.sync_all()
+    }
+
+    fn set_readonly(&self, path: &Path) -> io::Result<()> {
+        let mut perms = fs::metadata(path)?.permissions();
+        perms.set_readonly(true);
+        fs::set_permissions(path, perms)
+    }
+}
+
+#[derive(Default)]
+struct Inode {
+    data: Vec<u8>,
+    /// Bytes known durable; always a prefix of `data` since files only grow
+    /// by appends and shrink by (synced) truncation.
+    synced: usize,
+    readonly: bool,
+}
+
+#[derive(Default)]
+struct MemState {
+    /// What the running process sees.
+    names: BTreeMap<PathBuf, u64>,
+    /// What survives a crash.
+    durable_names: BTreeMap<PathBuf, u64>,
+    inodes: HashMap<u64, Arc<Mutex<Inode>>>,
+    next_inode: u64,
+    /// Injected failures: the next this-many `sync_data` calls succeed, then one fails.
+    fail_sync_after: Option<u64>,
+}
+
+/// An in-memory file system with crash semantics, for tests.
+#[derive(Clone, Default)]
+pub struct MemStorage {
+    state: Arc<Mutex<MemState>>,
+}
+
+impl std::fmt::Debug for MemStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MemStorage")
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn not_found(path: &Path) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("{}: no such file", path.display()),
+    )
+}
+
+struct MemAppend {
+    inode: Arc<Mutex<Inode>>,
+    storage: MemStorage,
+}
+
+impl AppendFile for MemAppend {
+    fn append(&mut self, data: &[u8]) -> io::Result<()> {
+        let mut ino = lock(&self.inode);
+        if ino.readonly {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "read-only file",
+            ));
+        }
+        ino.data.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn sync_data(&mut self) -> io::Result<()> {
+        {
+            let mut st = lock(&self.storage.state);
+            if let Some(n) = st.fail_sync_after.as_mut() {
+                if *n == 0 {
+                    st.fail_sync_after = None;
+                    return Err(io::Error::other("injected fsync failure (EIO)"));
+                }
+                *n -= 1;
+            }
+        }
+        let mut ino = lock(&self.inode);
+        ino.synced = ino.data.len();
+        Ok(())
+    }
+}
+
+struct MemRead(Arc<Mutex<Inode>>);
+
+impl ReadAt for MemRead {
+    fn read_exact_at(&self, buf: &mut [u8], pos: u64) -> io::Result<()> {
+        let ino = lock(&self.0);
+        let start =
+            usize::try_from(pos).map_err(|_| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+        let end = start
+            .checked_add(buf.len())
+            .filter(|&e| e <= ino.data.len())
+            .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+        buf.copy_from_slice(&ino.data[start..end]);
+        Ok(())
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        Ok(lock(&self.0).data.len() as u64)
+    }
+}
+
+impl MemStorage {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn inode(&self, path: &Path) -> io::Result<Arc<Mutex<Inode>>> {
+        let st = lock(&self.state);
+        let id = st.names.get(path).ok_or_else(|| not_found(path))?;
+        Ok(st.inodes[id].clone())
+    }
+
+    /// Simulates power loss: every file keeps its synced bytes plus, chosen
+    /// by `torn(unsynced_len)`, a prefix of what was written after them;
+    /// directory entries revert to their last synced state.
+    pub fn crash(&self, mut torn: impl FnMut(usize) -> usize) {
+        let mut st = lock(&self.state);
+        st.names = st.durable_names.clone();
+        let live: Vec<u64> = st.names.values().copied().collect();
+        st.inodes.retain(|id, _| live.contains(id));
+        for inode in st.inodes.values() {
+            let mut ino = lock(inode);
+            let unsynced = ino.data.len() - ino.synced;
+            let keep = ino.synced + torn(unsynced).min(unsynced);
+            ino.data.truncate(keep);
+            ino.synced = keep;
+        }
+        st.fail_sync_after = None;
+    }
+
+    /// Makes the `sync_data` call after the next `n` fail.
+    pub fn fail_sync_after(&self, n: u64) {
+        lock(&self.state).fail_sync_after = Some(n);
+    }
+
+    /// Direct access to a file's bytes, for corruption tests.
+    pub fn modify(&self, path: &Path, f: impl FnOnce(&mut Vec<u8>)) -> io::Result<()> {
+        let inode = self.inode(path)?;
+        let mut ino = lock(&inode);
+        f(&mut ino.data);
+        ino.synced = ino.synced.min(ino.data.len());
+        Ok(())
+    }
+}
+
+impl Storage for MemStorage {
+    fn create_dir_all(&self, _dir: &Path) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let st = lock(&self.state);
+        Ok(st
+            .names
+            .keys()
+            .filter(|p| p.parent() == Some(dir))
+            .filter_map(|p| p.file_name()?.to_str().map(str::to_owned))
+            .collect())
+    }
+
+    fn create(&self, path: &Path) -> io::Result<Box<dyn AppendFile>> {
+        let mut st = lock(&self.state);
+        if st.names.contains_key(path) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists", path.display()),
+            ));
+        }
+        let id = st.next_inode;
+        st.next_inode += 1;
+        let inode = Arc::new(Mutex::new(Inode::default()));
+        st.inodes.insert(id, inode.clone());
+        st.names.insert(path.to_owned(), id);
+        Ok(Box::new(MemAppend {
+            inode,
+            storage: self.clone(),
+        }))
+    }
+
+    fn open_append(&self, path: &Path) -> io::Result<Box<dyn AppendFile>> {
+        Ok(Box::new(MemAppend {
+            inode: self.inode(path)?,
+            storage: self.clone(),
+        }))
+    }
+
+    fn open_read(&self, path: &Path) -> io::Result<Arc<dyn ReadAt>> {
+        Ok(Arc::new(MemRead(self.inode(path)?)))
+    }
+
+    fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
+        let inode = self.inode(path)?;
+        let mut ino = lock(&inode);
+        let len = usize::try_from(len).map_err(io::Error::other)?;
+        ino.data.truncate(len);
+        ino.synced = ino.data.len();
+        Ok(())
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut st = lock(&self.state);
+        let id = st.names.remove(from).ok_or_else(|| not_found(from))?;
+        st.names.insert(to.to_owned(), id);
+        Ok(())
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        let mut st = lock(&self.state);
+        st.names.remove(path).ok_or_else(|| not_found(path))?;
+        Ok(())
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        let mut st = lock(&self.state);
+        let MemState {
+            names,
+            durable_names,
+            ..
+        } = &mut *st;
+        durable_names.retain(|p, _| p.parent() != Some(dir));
+        for (p, id) in names.iter().filter(|(p, _)| p.parent() == Some(dir)) {
+            durable_names.insert(p.clone(), *id);
+        }
+        Ok(())
+    }
+
+    fn set_readonly(&self, path: &Path) -> io::Result<()> {
+        let inode = self.inode(path)?;
+        lock(&inode).readonly = true;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crash_forgets_unsynced_writes_and_names() {
+        let s = MemStorage::new();
+        let dir = Path::new("/d");
+        let mut f = s.create(&dir.join("a")).expect("create");
+        f.append(b"hello").expect("append");
+        f.sync_data().expect("sync");
+        s.sync_dir(dir).expect("sync dir");
+        f.append(b" world").expect("append");
+        let mut g = s.create(&dir.join("b")).expect("create");
+        g.sync_data().expect("sync");
+        s.crash(|n| n / 2);
+        assert_eq!(s.list(dir).expect("list"), vec!["a".to_string()]);
+        let r = s.open_read(&dir.join("a")).expect("open");
+        assert_eq!(read_all(&*r).expect("read"), b"hello wo");
+    }
+
+    #[test]
+    fn injected_sync_failure_fires_once() {
+        let s = MemStorage::new();
+        let mut f = s.create(Path::new("/d/a")).expect("create");
+        s.fail_sync_after(1);
+        assert!(f.sync_data().is_ok());
+        assert!(f.sync_data().is_err());
+        assert!(f.sync_data().is_ok());
+    }
+}

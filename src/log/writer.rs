@@ -1,0 +1,343 @@
+//! The synchronous writer core. It owns the active segment: it stamps each
+//! record with the server clock, encodes it, extends the hash chain, writes one
+//! block per call, `fdatasync`s, and only then makes the records visible and
+//! returns. A failed write or sync is never retried: the writer stops
+//! accepting, because after a failed fsync the kernel may have dropped the
+//! dirty pages and a later "successful" fsync proves nothing.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use tracing::info;
+use verbatim_schema::{encode_record, Offset, Record, UnixNanos};
+
+use super::chain::ChainHash;
+use super::frame::BlockBuilder;
+use super::io::{AppendFile, Storage};
+use super::reader::LogReader;
+use super::recovery::open_segments;
+use super::segment::{self, BlockEntry, FileKind, SegmentHeader, HEADER_SIZE};
+use super::{io_err, seal, LogConfig, LogError, LogShared, SegmentTail, SegmentView};
+
+/// What one block write did, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlockStats {
+    pub records: u64,
+    pub raw_bytes: u64,
+    pub stored_bytes: u64,
+    pub sync_nanos: u64,
+}
+
+struct Active {
+    file: Box<dyn AppendFile>,
+    view: Arc<SegmentView>,
+    size: u64,
+    opened: Instant,
+}
+
+/// The log, open for writing. There is one per data directory.
+pub struct Log {
+    storage: Arc<dyn Storage>,
+    dir: PathBuf,
+    config: LogConfig,
+    shared: Arc<LogShared>,
+    active: Active,
+    last_received_at: i64,
+    failed: Option<String>,
+    encode_buf: Vec<u8>,
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log")
+            .field("dir", &self.dir)
+            .field("head", &self.head())
+            .finish()
+    }
+}
+
+fn create_segment(
+    storage: &dyn Storage,
+    dir: &Path,
+    first: Offset,
+    prev: ChainHash,
+) -> Result<Active, LogError> {
+    let path = dir.join(segment::file_name(first, FileKind::Partial));
+    let mut file = storage.create(&path).map_err(io_err("create", &path))?;
+    file.append(
+        &SegmentHeader {
+            first_offset: first,
+            prev_chain: prev,
+        }
+        .encode(),
+    )
+    .map_err(io_err("write", &path))?;
+    file.sync_data().map_err(io_err("sync", &path))?;
+    storage.sync_dir(dir).map_err(io_err("sync", dir))?;
+    let read = storage.open_read(&path).map_err(io_err("open", &path))?;
+    let tail = SegmentTail {
+        blocks: Vec::new(),
+        data_end: HEADER_SIZE,
+        end_offset: first,
+        last_chain: prev,
+    };
+    let view = Arc::new(SegmentView {
+        first,
+        prev_chain: prev,
+        kind: FileKind::Partial,
+        path,
+        file: read,
+        tail: RwLock::new(tail),
+    });
+    Ok(Active {
+        file,
+        view,
+        size: HEADER_SIZE,
+        opened: Instant::now(),
+    })
+}
+
+impl Log {
+    /// Opens (or creates) the log in `dir`, recovering from a crash as
+    /// `config.recovery` says, and seals segments a crash left unsealed.
+    pub fn open(
+        storage: Arc<dyn Storage>,
+        dir: &Path,
+        config: LogConfig,
+    ) -> Result<Self, LogError> {
+        storage.create_dir_all(dir).map_err(io_err("create", dir))?;
+        let opened = open_segments(&*storage, dir, &config, true)?;
+        let shared = Arc::new(LogShared::default());
+        let mut last_received_at = i64::MIN;
+        for s in &opened.segments {
+            shared.push(s.clone());
+        }
+        let active = match opened.segments.last() {
+            Some(last) if opened.last_is_open => {
+                let file = storage
+                    .open_append(&last.path)
+                    .map_err(io_err("open", &last.path))?;
+                let size = last.tail().data_end;
+                Active {
+                    file,
+                    view: last.clone(),
+                    size,
+                    opened: Instant::now(),
+                }
+            }
+            last => {
+                let (first, prev) = last.map_or((Offset::ZERO, ChainHash::GENESIS), |s| {
+                    (s.tail().end_offset, s.tail().last_chain)
+                });
+                let active = create_segment(&*storage, dir, first, prev)?;
+                shared.push(active.view.clone());
+                active
+            }
+        };
+        // The newest durable record's received_at keeps the clock monotonic
+        // across restarts even if the wall clock stepped back.
+        if let Some(b) = opened
+            .segments
+            .iter()
+            .rev()
+            .find_map(|s| s.tail().blocks.last().copied().map(|b| (s.clone(), b)))
+        {
+            let (seg, entry) = b;
+            let end = seg.tail().data_end;
+            let h = segment::read_header(&*seg.file, entry.pos, end).map_err(|e| {
+                LogError::Corrupt {
+                    path: seg.path.clone(),
+                    pos: entry.pos,
+                    what: e.to_string(),
+                }
+            })?;
+            last_received_at = h.last_received_at.0;
+        }
+        shared.set_durable_end(active.view.tail().end_offset);
+        let mut log = Self {
+            storage,
+            dir: dir.to_owned(),
+            config,
+            shared,
+            active,
+            last_received_at,
+            failed: None,
+            encode_buf: Vec::new(),
+        };
+        log.seal_pending()?;
+        Ok(log)
+    }
+
+    /// The offset the next record will get.
+    pub fn head(&self) -> Offset {
+        self.active.view.tail().end_offset
+    }
+
+    pub fn reader(&self) -> LogReader {
+        LogReader::new(self.shared.clone())
+    }
+
+    pub fn shared(&self) -> Arc<LogShared> {
+        self.shared.clone()
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    /// Why the writer stopped, if it did.
+    pub fn failure(&self) -> Option<&str> {
+        self.failed.as_deref()
+    }
+
+    /// Appends batches as one block: stamps `received_at` (monotonic) and the
+    /// time-plausibility flags, writes, fsyncs. Returns each batch's offsets.
+    /// On error nothing is acknowledged and, unless the batches were refused
+    /// before any I/O, the writer accepts nothing more.
+    pub fn append(
+        &mut self,
+        batches: &mut [Vec<Record>],
+    ) -> Result<(Vec<Range<Offset>>, BlockStats), LogError> {
+        if let Some(why) = &self.failed {
+            return Err(LogError::Failed(why.clone()));
+        }
+        if self.should_roll() {
+            self.roll()?;
+        }
+        let first = self.head();
+        let mut chain = self.active.view.tail().last_chain;
+        let mut builder = BlockBuilder::default();
+        let mut ranges = Vec::with_capacity(batches.len());
+        let mut next = first;
+        let mut clock = self.last_received_at;
+        let now = UnixNanos::now().0;
+        for batch in batches.iter_mut() {
+            let start = next;
+            for r in batch.iter_mut() {
+                clock = now.max(clock.saturating_add(1));
+                r.received_at = UnixNanos(clock);
+                r.flags = self.config.time.flags(r.event.ts, r.received_at);
+                self.encode_buf.clear();
+                encode_record(r, &mut self.encode_buf);
+                chain = chain.next(next, &self.encode_buf);
+                builder.push(&self.encode_buf, r.received_at);
+                next = next.plus(1);
+            }
+            ranges.push(start..next);
+        }
+        if builder.raw_len() > self.config.max_block_bytes {
+            return Err(LogError::BatchTooLarge {
+                bytes: builder.raw_len(),
+                limit: self.config.max_block_bytes,
+            });
+        }
+        if builder.count() == 0 {
+            return Ok((ranges, BlockStats::default()));
+        }
+        let path = self.active.view.path.clone();
+        let block = match builder.finish(first, chain, self.config.compression_level) {
+            Ok(b) => b,
+            Err(e) => return Err(io_err("compress", &path)(e)),
+        };
+        let started = Instant::now();
+        if let Err(e) = self
+            .active
+            .file
+            .append(&block)
+            .and_then(|()| self.active.file.sync_data())
+        {
+            let err = io_err("write and sync", &path)(e);
+            self.failed = Some(err.to_string());
+            return Err(err);
+        }
+        let sync_nanos = started.elapsed().as_nanos() as u64;
+        self.last_received_at = clock;
+        let pos = self.active.size;
+        self.active.size += block.len() as u64;
+        {
+            let mut tail = self.active.view.tail_mut();
+            tail.blocks.push(BlockEntry {
+                first_offset: first,
+                pos,
+                count: builder.count(),
+            });
+            tail.data_end = self.active.size;
+            tail.end_offset = next;
+            tail.last_chain = chain;
+        }
+        self.shared.set_durable_end(next);
+        let stats = BlockStats {
+            records: u64::from(builder.count()),
+            raw_bytes: builder.raw_len() as u64,
+            stored_bytes: block.len() as u64,
+            sync_nanos,
+        };
+        Ok((ranges, stats))
+    }
+
+    fn should_roll(&self) -> bool {
+        let t = self.active.view.tail();
+        !t.blocks.is_empty()
+            && (self.active.size >= self.config.segment_max_bytes
+                || self.active.opened.elapsed().as_secs() >= self.config.segment_max_age_secs)
+    }
+
+    /// Rolls if the active segment is full or old. Returns whether it did.
+    pub fn maybe_roll(&mut self) -> Result<bool, LogError> {
+        if self.failed.is_none() && self.should_roll() {
+            self.roll()?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Starts a new active segment. The old one stays a `.partial` until
+    /// [`Log::seal_pending`] (or the sealer thread) seals it.
+    pub fn roll(&mut self) -> Result<(), LogError> {
+        let (first, prev) = {
+            let t = self.active.view.tail();
+            (t.end_offset, t.last_chain)
+        };
+        let next = create_segment(&*self.storage, &self.dir, first, prev)
+            .inspect_err(|e| self.failed = Some(e.to_string()))?;
+        info!(segment = %next.view.path.display(), "rolled to a new segment");
+        self.shared.push(next.view.clone());
+        self.active = next;
+        Ok(())
+    }
+
+    /// A sealer for the segments this log rolls, usable from another thread.
+    pub fn sealer(&self) -> seal::Sealer {
+        seal::Sealer::new(
+            self.storage.clone(),
+            self.dir.clone(),
+            self.config.clone(),
+            self.shared.clone(),
+        )
+    }
+
+    /// Seals every rolled, not yet sealed segment.
+    pub fn seal_pending(&mut self) -> Result<usize, LogError> {
+        self.sealer().seal_pending(self.active.view.first)
+    }
+
+    /// Flushes nothing (every append is already durable), seals every segment
+    /// including a non-empty active one, and leaves a log that opens cleanly.
+    pub fn close(mut self) -> Result<(), LogError> {
+        if self.failed.is_some() {
+            return Ok(());
+        }
+        let has_records = !self.active.view.tail().blocks.is_empty();
+        if has_records {
+            self.roll()?;
+        }
+        self.seal_pending()?;
+        Ok(())
+    }
+}
