@@ -158,6 +158,20 @@ struct MemState {
     next_inode: u64,
     /// Injected failures: the next this-many `sync_data` calls succeed, then one fails.
     fail_sync_after: Option<u64>,
+    /// Mutating operations so far, and the count at which the process "dies":
+    /// from then on every mutating operation fails, as if nothing ran.
+    ops: u64,
+    die_at: Option<u64>,
+}
+
+impl MemState {
+    fn step(&mut self) -> io::Result<()> {
+        self.ops += 1;
+        match self.die_at {
+            Some(n) if self.ops > n => Err(io::Error::other("simulated process death")),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// An in-memory file system with crash semantics, for tests.
@@ -190,6 +204,7 @@ struct MemAppend {
 
 impl AppendFile for MemAppend {
     fn append(&mut self, data: &[u8]) -> io::Result<()> {
+        lock(&self.storage.state).step()?;
         let mut ino = lock(&self.inode);
         if ino.readonly {
             return Err(io::Error::new(
@@ -204,6 +219,7 @@ impl AppendFile for MemAppend {
     fn sync_data(&mut self) -> io::Result<()> {
         {
             let mut st = lock(&self.storage.state);
+            st.step()?;
             if let Some(n) = st.fail_sync_after.as_mut() {
                 if *n == 0 {
                     st.fail_sync_after = None;
@@ -265,6 +281,57 @@ impl MemStorage {
             ino.synced = keep;
         }
         st.fail_sync_after = None;
+        st.die_at = None;
+    }
+
+    /// Simulates the process dying after `n` more mutating operations: every
+    /// one after that fails. [`MemStorage::crash`] then models the power loss.
+    pub fn die_after(&self, n: u64) {
+        let mut st = lock(&self.state);
+        st.die_at = Some(st.ops + n);
+    }
+
+    /// Whether a [`MemStorage::die_after`] point was reached.
+    pub fn died(&self) -> bool {
+        let st = lock(&self.state);
+        st.die_at.is_some_and(|n| st.ops > n)
+    }
+
+    /// Clears injected faults.
+    pub fn clear_faults(&self) {
+        let mut st = lock(&self.state);
+        st.fail_sync_after = None;
+        st.die_at = None;
+    }
+
+    /// A deep copy: files and names, visible and durable, nothing shared.
+    pub fn snapshot(&self) -> MemStorage {
+        let st = lock(&self.state);
+        let inodes = st
+            .inodes
+            .iter()
+            .map(|(id, ino)| {
+                let ino = lock(ino);
+                (
+                    *id,
+                    Arc::new(Mutex::new(Inode {
+                        data: ino.data.clone(),
+                        synced: ino.synced,
+                        readonly: ino.readonly,
+                    })),
+                )
+            })
+            .collect();
+        let copy = MemState {
+            names: st.names.clone(),
+            durable_names: st.durable_names.clone(),
+            inodes,
+            next_inode: st.next_inode,
+            ..Default::default()
+        };
+        MemStorage {
+            state: Arc::new(Mutex::new(copy)),
+        }
     }
 
     /// Makes the `sync_data` call after the next `n` fail.
@@ -299,6 +366,7 @@ impl Storage for MemStorage {
 
     fn create(&self, path: &Path) -> io::Result<Box<dyn AppendFile>> {
         let mut st = lock(&self.state);
+        st.step()?;
         if st.names.contains_key(path) {
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
@@ -328,6 +396,7 @@ impl Storage for MemStorage {
     }
 
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
+        lock(&self.state).step()?;
         let inode = self.inode(path)?;
         let mut ino = lock(&inode);
         let len = usize::try_from(len).map_err(io::Error::other)?;
@@ -338,6 +407,7 @@ impl Storage for MemStorage {
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let mut st = lock(&self.state);
+        st.step()?;
         let id = st.names.remove(from).ok_or_else(|| not_found(from))?;
         st.names.insert(to.to_owned(), id);
         Ok(())
@@ -345,12 +415,14 @@ impl Storage for MemStorage {
 
     fn remove(&self, path: &Path) -> io::Result<()> {
         let mut st = lock(&self.state);
+        st.step()?;
         st.names.remove(path).ok_or_else(|| not_found(path))?;
         Ok(())
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut st = lock(&self.state);
+        st.step()?;
         let MemState {
             names,
             durable_names,
@@ -364,6 +436,7 @@ impl Storage for MemStorage {
     }
 
     fn set_readonly(&self, path: &Path) -> io::Result<()> {
+        lock(&self.state).step()?;
         let inode = self.inode(path)?;
         lock(&inode).readonly = true;
         Ok(())

@@ -111,10 +111,14 @@ pub fn open_segments(
                 ),
             ));
         }
-        if i > 0 && first != next {
-            return Err(corrupt(&path, 16, format!("segment starts at offset {first}, but the previous one ends at {next} (missing segment?)")));
+        if first != next {
+            return Err(corrupt(
+                &path,
+                16,
+                format!("segment starts at offset {first}, expected {next} (a segment is missing)"),
+            ));
         }
-        if i > 0 && header.prev_chain != chain {
+        if header.prev_chain != chain {
             return Err(corrupt(
                 &path,
                 24,

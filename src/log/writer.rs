@@ -299,9 +299,13 @@ impl Log {
 
     /// Starts a new active segment. The old one stays a `.partial` until
     /// [`Log::seal_pending`] (or the sealer thread) seals it.
+    /// Does nothing while the active segment is empty.
     pub fn roll(&mut self) -> Result<(), LogError> {
         let (first, prev) = {
             let t = self.active.view.tail();
+            if t.blocks.is_empty() {
+                return Ok(());
+            }
             (t.end_offset, t.last_chain)
         };
         let next = create_segment(&*self.storage, &self.dir, first, prev)
@@ -333,10 +337,7 @@ impl Log {
         if self.failed.is_some() {
             return Ok(());
         }
-        let has_records = !self.active.view.tail().blocks.is_empty();
-        if has_records {
-            self.roll()?;
-        }
+        self.roll()?;
         self.seal_pending()?;
         Ok(())
     }
