@@ -17,11 +17,7 @@ use crate::log::{open_read_only, segment, Log};
 use verbatim_schema::Offset;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "verbatim",
-    version,
-    about = "Archival database server for enterprise instant messaging and chat"
-)]
+#[command(name = "verbatim", version, about = "Archival database server for enterprise instant messaging and chat")]
 pub struct Cli {
     /// Data directory (overrides the config file and VERBATIM_DATA_DIR).
     #[arg(long, global = true, value_name = "DIR")]
@@ -63,11 +59,7 @@ pub fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            };
+            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
         }
     };
     init_tracing();
@@ -83,10 +75,7 @@ pub fn main() -> ExitCode {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("VERBATIM_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
 fn load_config(cli: &Cli) -> anyhow::Result<Config> {
@@ -102,10 +91,8 @@ fn progress_bar(len: u64, what: &str) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new(len);
-    let style = ProgressStyle::with_template(&format!(
-        "{what} {{bar:40}} {{percent:>3}}% {{msg}} eta {{eta}}"
-    ))
-    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let style = ProgressStyle::with_template(&format!("{what} {{bar:40}} {{percent:>3}}% {{msg}} eta {{eta}}"))
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
     bar.set_style(style);
     bar
 }
@@ -121,22 +108,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Import { file } => {
             let _lock = config.data().lock()?;
-            let mut log = Log::open(Arc::new(FsStorage), &log_dir, config.log_config())
-                .context("opening the log")?;
+            let mut log = Log::open(Arc::new(FsStorage), &log_dir, config.log_config()).context("opening the log")?;
             let bar = progress_bar(0, "importing");
-            let done = crate::import::import_file(
-                &mut log,
-                &file,
-                &config.limits,
-                &config.site_id(),
-                |n| bar.set_position(n),
-            )?;
+            let done = crate::import::import_file(&mut log, &file, &config.limits, &config.site_id(), |n| {
+                bar.set_position(n)
+            })?;
             bar.finish_and_clear();
             log.close()?;
-            println!(
-                "imported {} events at offsets {}..{}",
-                done.events, done.first, done.end
-            );
+            println!("imported {} events at offsets {}..{}", done.events, done.first, done.end);
         }
         Command::Verify => return verify(&log_dir),
         Command::Dump { from, limit } => dump(&config, &log_dir, Offset(from), limit)?,
@@ -146,11 +125,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn require_log(dir: &Path) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        dir.is_dir(),
-        "no log at {} (wrong --data-dir?)",
-        dir.display()
-    );
+    anyhow::ensure!(dir.is_dir(), "no log at {} (wrong --data-dir?)", dir.display());
     Ok(())
 }
 
@@ -190,10 +165,7 @@ fn dump(config: &Config, dir: &Path, from: Offset, limit: Option<u64>) -> anyhow
     let reader = open_read_only(&FsStorage, dir, &config.log_config())?;
     let out = std::io::stdout().lock();
     let mut out = std::io::BufWriter::with_capacity(1 << 16, out);
-    for item in reader
-        .iter_from(from)
-        .take(limit.map_or(usize::MAX, |l| l as usize))
-    {
+    for item in reader.iter_from(from).take(limit.map_or(usize::MAX, |l| l as usize)) {
         let (offset, record) = item?;
         let mut line = record.to_json(offset);
         line.push('\n');
@@ -204,13 +176,7 @@ fn dump(config: &Config, dir: &Path, from: Offset, limit: Option<u64>) -> anyhow
             return Err(e.into());
         }
     }
-    out.flush().or_else(|e| {
-        if e.kind() == std::io::ErrorKind::BrokenPipe {
-            Ok(())
-        } else {
-            Err(e)
-        }
-    })?;
+    out.flush().or_else(|e| if e.kind() == std::io::ErrorKind::BrokenPipe { Ok(()) } else { Err(e) })?;
     Ok(())
 }
 

@@ -52,9 +52,7 @@ impl Default for Config {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8090)),
-        }
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 8090)) }
     }
 }
 
@@ -70,10 +68,9 @@ impl Config {
     pub fn load(file: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
         let mut config = match file {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading config file {}", path.display()))?;
-                Self::from_toml(&text)
-                    .with_context(|| format!("in config file {}", path.display()))?
+                let text =
+                    std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+                Self::from_toml(&text).with_context(|| format!("in config file {}", path.display()))?
             }
             None => Self::default(),
         };
@@ -81,9 +78,8 @@ impl Config {
             config.data_dir = PathBuf::from(v);
         }
         if let Some(v) = env("VERBATIM_HTTP_LISTEN") {
-            config.http.listen = v
-                .parse()
-                .with_context(|| format!("VERBATIM_HTTP_LISTEN={v} is not an address:port"))?;
+            config.http.listen =
+                v.parse().with_context(|| format!("VERBATIM_HTTP_LISTEN={v} is not an address:port"))?;
         }
         if let Some(v) = env("VERBATIM_SITE_ID") {
             config.site.id = v;
@@ -101,26 +97,13 @@ impl Config {
     fn check(&self) -> anyhow::Result<()> {
         let id = &self.site.id;
         anyhow::ensure!(
-            !id.is_empty()
-                && id.len() <= 64
-                && id
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+            !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
             "site.id `{id}` must be 1-64 characters of letters, digits, `-` and `_`"
         );
         let l = &self.log;
-        anyhow::ensure!(
-            (0..=22).contains(&l.compression_level),
-            "log.compression_level must be 0-22"
-        );
-        anyhow::ensure!(
-            (1..=22).contains(&l.sealed_compression_level),
-            "log.sealed_compression_level must be 1-22"
-        );
-        anyhow::ensure!(
-            l.segment_max_bytes >= 4096,
-            "log.segment_max_bytes must be at least 4096"
-        );
+        anyhow::ensure!((0..=22).contains(&l.compression_level), "log.compression_level must be 0-22");
+        anyhow::ensure!((1..=22).contains(&l.sealed_compression_level), "log.sealed_compression_level must be 1-22");
+        anyhow::ensure!(l.segment_max_bytes >= 4096, "log.segment_max_bytes must be at least 4096");
         let cap = crate::log::frame::MAX_PAYLOAD as usize;
         anyhow::ensure!(
             l.max_block_bytes >= 4096 && l.max_block_bytes <= cap,
@@ -145,10 +128,7 @@ impl Config {
 
     /// The log settings with the limits' time plausibility folded in.
     pub fn log_config(&self) -> LogConfig {
-        LogConfig {
-            time: self.limits.time.clone(),
-            ..self.log.clone()
-        }
+        LogConfig { time: self.limits.time.clone(), ..self.log.clone() }
     }
 }
 
@@ -160,11 +140,7 @@ mod tests {
     fn example_config_loads_and_equals_the_defaults() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/config.example.toml");
         let loaded = Config::load(Some(&path), |_| None).expect("example config loads");
-        assert_eq!(
-            loaded,
-            Config::default(),
-            "docs/config.example.toml must show the defaults"
-        );
+        assert_eq!(loaded, Config::default(), "docs/config.example.toml must show the defaults");
     }
 
     #[test]
@@ -179,9 +155,7 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("/srv/archive"));
         assert_eq!(c.http.listen.port(), 9000);
         assert_eq!(c.site.id, "nyc");
-        let bad = Config::load(None, |k| {
-            (k == "VERBATIM_HTTP_LISTEN").then(|| "nowhere".to_string())
-        });
+        let bad = Config::load(None, |k| (k == "VERBATIM_HTTP_LISTEN").then(|| "nowhere".to_string()));
         assert!(bad.is_err());
     }
 
@@ -192,8 +166,7 @@ mod tests {
         assert!(Config::from_toml("[log]\ncompression_level = 40").is_err());
         assert!(Config::from_toml("[site]\nid = \"a b\"").is_err());
         assert!(Config::from_toml("[log]\nrecovery = \"whatever\"").is_err());
-        let c = Config::from_toml("[log]\nrecovery = \"strict\"\n[limits]\nmax_body_bytes = 10")
-            .expect("valid");
+        let c = Config::from_toml("[log]\nrecovery = \"strict\"\n[limits]\nmax_body_bytes = 10").expect("valid");
         assert_eq!(c.log.recovery, crate::log::RecoveryMode::Strict);
         assert_eq!(c.limits.max_body_bytes, 10);
     }

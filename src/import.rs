@@ -36,25 +36,15 @@ fn for_each_batch(
     let mut events = 0;
     loop {
         line.clear();
-        if lines
-            .read_until(b'\n', &mut line)
-            .with_context(|| format!("reading {}", path.display()))?
-            == 0
-        {
+        if lines.read_until(b'\n', &mut line).with_context(|| format!("reading {}", path.display()))? == 0 {
             break;
         }
         line_no += 1;
         let parsed = parse_ndjson(&line, 1).map_err(|e| {
-            anyhow::anyhow!(
-                "{}:{line_no}: {}",
-                path.display(),
-                e.to_string().trim_start_matches("event 0: ")
-            )
+            anyhow::anyhow!("{}:{line_no}: {}", path.display(), e.to_string().trim_start_matches("event 0: "))
         })?;
         for w in parsed {
-            let event = limits
-                .validate(w)
-                .map_err(|e| anyhow::anyhow!("{}:{line_no}: {e}", path.display()))?;
+            let event = limits.validate(w).map_err(|e| anyhow::anyhow!("{}:{line_no}: {e}", path.display()))?;
             batch.push(event);
             events += 1;
         }
@@ -96,14 +86,6 @@ pub fn import_file(
         progress(done);
         Ok(())
     })?;
-    anyhow::ensure!(
-        done == total,
-        "{} changed while it was imported",
-        path.display()
-    );
-    Ok(Imported {
-        events: total,
-        first,
-        end: log.head(),
-    })
+    anyhow::ensure!(done == total, "{} changed while it was imported", path.display());
+    Ok(Imported { events: total, first, end: log.head() })
 }

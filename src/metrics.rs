@@ -51,56 +51,20 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut r = Registry::with_prefix("verbatim");
         let l = &self.log;
-        r.register(
-            "log_events_appended",
-            "Events appended to the log and acknowledged",
-            l.events_appended.clone(),
-        );
-        r.register(
-            "log_raw_bytes_appended",
-            "Record bytes appended, before compression",
-            l.raw_bytes_appended.clone(),
-        );
+        r.register("log_events_appended", "Events appended to the log and acknowledged", l.events_appended.clone());
+        r.register("log_raw_bytes_appended", "Record bytes appended, before compression", l.raw_bytes_appended.clone());
         r.register(
             "log_stored_bytes_appended",
             "Block bytes written to the active segment",
             l.stored_bytes_appended.clone(),
         );
-        r.register(
-            "log_blocks_written",
-            "Blocks written (one per group commit)",
-            l.blocks_written.clone(),
-        );
-        r.register(
-            "log_block_records",
-            "Records per block",
-            l.block_records.clone(),
-        );
-        r.register(
-            "log_block_bytes",
-            "Bytes per block as stored",
-            l.block_bytes.clone(),
-        );
-        r.register(
-            "log_fsync_seconds",
-            "Time to write and fdatasync one block",
-            l.fsync_seconds.clone(),
-        );
-        r.register(
-            "log_queue_depth",
-            "Batches waiting for the writer",
-            l.queue_depth.clone(),
-        );
-        r.register(
-            "log_writer_failed",
-            "1 once the writer stopped after an I/O failure",
-            l.writer_failed.clone(),
-        );
-        r.register(
-            "log_segments_sealed",
-            "Segments sealed",
-            l.segments_sealed.clone(),
-        );
+        r.register("log_blocks_written", "Blocks written (one per group commit)", l.blocks_written.clone());
+        r.register("log_block_records", "Records per block", l.block_records.clone());
+        r.register("log_block_bytes", "Bytes per block as stored", l.block_bytes.clone());
+        r.register("log_fsync_seconds", "Time to write and fdatasync one block", l.fsync_seconds.clone());
+        r.register("log_queue_depth", "Batches waiting for the writer", l.queue_depth.clone());
+        r.register("log_writer_failed", "1 once the writer stopped after an I/O failure", l.writer_failed.clone());
+        r.register("log_segments_sealed", "Segments sealed", l.segments_sealed.clone());
         r.register(
             "log_seal_failures",
             "Seal attempts that failed (the segment stays unsealed and durable)",

@@ -29,15 +29,10 @@ impl DataDir {
 
     /// Creates the directory if needed and takes its write lock.
     pub fn lock(&self) -> anyhow::Result<DataDirLock> {
-        std::fs::create_dir_all(&self.0).map_err(|e| {
-            anyhow::anyhow!("cannot create data directory {}: {e}", self.0.display())
-        })?;
+        std::fs::create_dir_all(&self.0)
+            .map_err(|e| anyhow::anyhow!("cannot create data directory {}: {e}", self.0.display()))?;
         let path = self.lock_file();
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)?;
+        let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
         match file.try_lock() {
             Ok(()) => Ok(DataDirLock { _file: file }),
             Err(TryLockError::WouldBlock) => anyhow::bail!(

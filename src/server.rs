@@ -15,26 +15,17 @@ use crate::metrics::Metrics;
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let data = config.data();
     let _lock = data.lock()?;
-    let log = Log::open(Arc::new(FsStorage), &data.log(), config.log_config())
-        .context("opening the log")?;
+    let log = Log::open(Arc::new(FsStorage), &data.log(), config.log_config()).context("opening the log")?;
     let metrics = Arc::new(Metrics::default());
     let (handle, writer) = LogHandle::start(log, metrics.log.clone());
-    let state = Arc::new(AppState {
-        log: handle.clone(),
-        metrics,
-    });
+    let state = Arc::new(AppState { log: handle.clone(), metrics });
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("binding {}", config.http.listen))?;
     info!(listen = %listener.local_addr()?, data_dir = %data.root().display(), site = %config.site.id, "verbatim serving");
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown_signal()).await?;
     info!("shutting down: writing queued batches and sealing the log");
-    handle
-        .close()
-        .await
-        .map_err(|e| anyhow::anyhow!("closing the log: {e}"))?;
+    handle.close().await.map_err(|e| anyhow::anyhow!("closing the log: {e}"))?;
     let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     info!("stopped cleanly");
     Ok(())

@@ -135,10 +135,7 @@ impl<'a> Cursor<'a> {
     fn bytes(&mut self, len: u64) -> Result<&'a [u8], CodecError> {
         // The length is checked against what is left before anything is taken,
         // so a corrupt length can never cause a large allocation.
-        let len = usize::try_from(len)
-            .ok()
-            .filter(|&l| l <= self.rest.len())
-            .ok_or_else(|| self.err())?;
+        let len = usize::try_from(len).ok().filter(|&l| l <= self.rest.len()).ok_or_else(|| self.err())?;
         let (b, rest) = self.rest.split_at(len);
         self.rest = rest;
         Ok(b)
@@ -157,19 +154,13 @@ impl<'a> Cursor<'a> {
     fn count(&mut self) -> Result<usize, CodecError> {
         // Every element takes at least one byte, which bounds a sane count.
         let n = self.u64()?;
-        usize::try_from(n)
-            .ok()
-            .filter(|&n| n <= self.rest.len())
-            .ok_or_else(|| self.err())
+        usize::try_from(n).ok().filter(|&n| n <= self.rest.len()).ok_or_else(|| self.err())
     }
 }
 
 /// Decodes one record from exactly `bytes`.
 pub fn decode_record(bytes: &[u8]) -> Result<Record, CodecError> {
-    let mut c = Cursor {
-        all: bytes.len(),
-        rest: bytes,
-    };
+    let mut c = Cursor { all: bytes.len(), rest: bytes };
     let version = c.u8()?;
     if version != RECORD_VERSION {
         return Err(CodecError::Version(version));
@@ -193,10 +184,7 @@ pub fn decode_record(bytes: &[u8]) -> Result<Record, CodecError> {
     let network = c.string("network")?;
     let kind = c.string("kind")?;
     let instant = UnixNanos(c.i64()?);
-    let utc_offset_secs = i32::try_from(c.i64()?)
-        .ok()
-        .filter(|o| o.abs() < 86_400)
-        .ok_or_else(|| c.err())?;
+    let utc_offset_secs = i32::try_from(c.i64()?).ok().filter(|o| o.abs() < 86_400).ok_or_else(|| c.err())?;
     let from = c.string("from")?;
     let n_to = c.count()?;
     let mut to = Vec::with_capacity(n_to);
@@ -238,10 +226,7 @@ pub fn decode_record(bytes: &[u8]) -> Result<Record, CodecError> {
             seq,
             network,
             kind,
-            ts: EventTime {
-                instant,
-                utc_offset_secs,
-            },
+            ts: EventTime { instant, utc_offset_secs },
             from,
             to,
             channel,
@@ -259,61 +244,37 @@ mod tests {
 
     fn arb_record() -> impl Strategy<Value = Record> {
         (
-            (
-                any::<i64>(),
-                "[a-z]{1,8}",
-                proptest::option::of(0u64..u64::MAX),
-                0u64..4,
-            ),
-            (
-                "[a-z0-9-]{1,16}",
-                any::<u64>(),
-                "[a-z]{1,8}",
-                "[a-z]{1,8}",
-                any::<i64>(),
-                -86_399i32..86_399,
-            ),
-            (
-                ".{1,12}",
-                proptest::collection::vec(".{1,12}", 0..4),
-                proptest::option::of(".{0,12}"),
-                ".*",
-                0u8..4,
-            ),
+            (any::<i64>(), "[a-z]{1,8}", proptest::option::of(0u64..u64::MAX), 0u64..4),
+            ("[a-z0-9-]{1,16}", any::<u64>(), "[a-z]{1,8}", "[a-z]{1,8}", any::<i64>(), -86_399i32..86_399),
+            (".{1,12}", proptest::collection::vec(".{1,12}", 0..4), proptest::option::of(".{0,12}"), ".*", 0u8..4),
             proptest::collection::btree_map(".{1,6}", ".{0,6}", 0..4),
         )
             .prop_map(
-                |(
-                    (rx, site, conv, flags),
-                    (src, seq, net, kind, ts, off),
-                    (from, to, channel, body, dir),
-                    attrs,
-                )| Record {
-                    received_at: UnixNanos(rx),
-                    site: SiteId::new(site),
-                    conversation_id: conv.map(ConversationId),
-                    flags: RecordFlags(flags),
-                    event: Event {
-                        source: SourceId::new(src),
-                        seq,
-                        network: net,
-                        kind,
-                        ts: EventTime {
-                            instant: UnixNanos(ts),
-                            utc_offset_secs: off,
+                |((rx, site, conv, flags), (src, seq, net, kind, ts, off), (from, to, channel, body, dir), attrs)| {
+                    Record {
+                        received_at: UnixNanos(rx),
+                        site: SiteId::new(site),
+                        conversation_id: conv.map(ConversationId),
+                        flags: RecordFlags(flags),
+                        event: Event {
+                            source: SourceId::new(src),
+                            seq,
+                            network: net,
+                            kind,
+                            ts: EventTime { instant: UnixNanos(ts), utc_offset_secs: off },
+                            from,
+                            to,
+                            channel,
+                            body,
+                            direction: [
+                                None,
+                                Some(Direction::Inbound),
+                                Some(Direction::Outbound),
+                                Some(Direction::Internal),
+                            ][dir as usize],
+                            attrs,
                         },
-                        from,
-                        to,
-                        channel,
-                        body,
-                        direction: [
-                            None,
-                            Some(Direction::Inbound),
-                            Some(Direction::Outbound),
-                            Some(Direction::Internal),
-                        ][dir as usize],
-                        attrs,
-                    },
+                    }
                 },
             )
     }
@@ -345,9 +306,6 @@ mod tests {
     fn refuses_unknown_versions_and_trailing_bytes() {
         assert_eq!(decode_record(&[2, 1]), Err(CodecError::Version(2)));
         assert_eq!(decode_record(&[1, 9]), Err(CodecError::Type(9)));
-        assert_eq!(
-            decode_record(&[1, 1, 0x80, 0x01]),
-            Err(CodecError::Flags(128))
-        );
+        assert_eq!(decode_record(&[1, 1, 0x80, 0x01]), Err(CodecError::Flags(128)));
     }
 }

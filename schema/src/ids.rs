@@ -7,9 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// Position of a record in a log: the first record is offset 0 and offsets are
 /// contiguous for the whole life of the archive.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Offset(pub u64);
 

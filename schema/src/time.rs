@@ -17,8 +17,7 @@ impl UnixNanos {
 
     /// RFC 3339 in UTC with as many fractional digits as needed.
     pub fn to_rfc3339(self) -> String {
-        Utc.timestamp_nanos(self.0)
-            .to_rfc3339_opts(SecondsFormat::AutoSi, true)
+        Utc.timestamp_nanos(self.0).to_rfc3339_opts(SecondsFormat::AutoSi, true)
     }
 }
 
@@ -41,24 +40,16 @@ impl EventTime {
     /// Parses RFC 3339. Fails on anything else and on instants outside the
     /// range of [`UnixNanos`].
     pub fn parse(s: &str) -> Result<Self, String> {
-        let dt =
-            DateTime::parse_from_rfc3339(s).map_err(|e| format!("not an RFC 3339 time: {e}"))?;
-        let nanos = dt
-            .timestamp_nanos_opt()
-            .ok_or_else(|| "time outside the years 1677-2262".to_string())?;
-        Ok(Self {
-            instant: UnixNanos(nanos),
-            utc_offset_secs: dt.offset().local_minus_utc(),
-        })
+        let dt = DateTime::parse_from_rfc3339(s).map_err(|e| format!("not an RFC 3339 time: {e}"))?;
+        let nanos = dt.timestamp_nanos_opt().ok_or_else(|| "time outside the years 1677-2262".to_string())?;
+        Ok(Self { instant: UnixNanos(nanos), utc_offset_secs: dt.offset().local_minus_utc() })
     }
 
     /// RFC 3339 in the offset it was captured in (`Z` for UTC).
     pub fn to_rfc3339(self) -> String {
-        let offset = FixedOffset::east_opt(self.utc_offset_secs)
-            .unwrap_or(FixedOffset::east_opt(0).expect("zero offset"));
-        offset
-            .timestamp_nanos(self.instant.0)
-            .to_rfc3339_opts(SecondsFormat::AutoSi, true)
+        let offset =
+            FixedOffset::east_opt(self.utc_offset_secs).unwrap_or(FixedOffset::east_opt(0).expect("zero offset"));
+        offset.timestamp_nanos(self.instant.0).to_rfc3339_opts(SecondsFormat::AutoSi, true)
     }
 }
 

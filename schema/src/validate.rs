@@ -17,10 +17,7 @@ pub struct ValidationError {
 }
 
 fn invalid(field: &'static str, problem: impl Into<String>) -> ValidationError {
-    ValidationError {
-        field,
-        problem: problem.into(),
-    }
+    ValidationError { field, problem: problem.into() }
 }
 
 /// Limits on one event. Every one is configurable (`[limits]` in the config).
@@ -67,10 +64,7 @@ pub struct TimePlausibility {
 
 impl Default for TimePlausibility {
     fn default() -> Self {
-        Self {
-            max_future_secs: 3_600,
-            max_past_secs: 7 * 86_400,
-        }
+        Self { max_future_secs: 3_600, max_past_secs: 7 * 86_400 }
     }
 }
 
@@ -93,25 +87,15 @@ impl TimePlausibility {
 impl Limits {
     /// Checks a wire event and turns it into an [`Event`].
     pub fn validate(&self, w: WireEvent) -> Result<Event, ValidationError> {
-        self.name("source", &w.source, |c| {
-            c.is_ascii_alphanumeric() || "._:@-".contains(c)
-        })?;
-        self.name("network", &w.network, |c| {
-            c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c)
-        })?;
-        self.name("kind", &w.kind, |c| {
-            c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c)
-        })?;
+        self.name("source", &w.source, |c| c.is_ascii_alphanumeric() || "._:@-".contains(c))?;
+        self.name("network", &w.network, |c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))?;
+        self.name("kind", &w.kind, |c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))?;
         let ts = EventTime::parse(&w.ts).map_err(|p| invalid("ts", p))?;
         self.handle("from", &w.from)?;
         if w.to.len() > self.max_recipients {
             return Err(invalid(
                 "to",
-                format!(
-                    "{} recipients, more than the limit of {}",
-                    w.to.len(),
-                    self.max_recipients
-                ),
+                format!("{} recipients, more than the limit of {}", w.to.len(), self.max_recipients),
             ));
         }
         for h in &w.to {
@@ -122,10 +106,7 @@ impl Limits {
         }
         if matches!(w.kind.as_str(), "message" | "file") {
             if w.to.is_empty() && w.channel.is_none() {
-                return Err(invalid(
-                    "to",
-                    format!("a `{}` needs recipients in `to` or a `channel`", w.kind),
-                ));
+                return Err(invalid("to", format!("a `{}` needs recipients in `to` or a `channel`", w.kind)));
             }
             if w.body.is_none() {
                 return Err(invalid("body", format!("a `{}` needs a body", w.kind)));
@@ -135,40 +116,27 @@ impl Limits {
         if body.len() > self.max_body_bytes {
             return Err(invalid(
                 "body",
-                format!(
-                    "{} bytes, more than the limit of {}",
-                    body.len(),
-                    self.max_body_bytes
-                ),
+                format!("{} bytes, more than the limit of {}", body.len(), self.max_body_bytes),
             ));
         }
         let direction = match &w.direction {
             None => None,
-            Some(d) => Some(Direction::parse(d).ok_or_else(|| {
-                invalid(
-                    "direction",
-                    format!("`{d}` is not inbound, outbound or internal"),
-                )
-            })?),
+            Some(d) => Some(
+                Direction::parse(d)
+                    .ok_or_else(|| invalid("direction", format!("`{d}` is not inbound, outbound or internal")))?,
+            ),
         };
         if w.attrs.len() > self.max_attrs {
             return Err(invalid(
                 "attrs",
-                format!(
-                    "{} entries, more than the limit of {}",
-                    w.attrs.len(),
-                    self.max_attrs
-                ),
+                format!("{} entries, more than the limit of {}", w.attrs.len(), self.max_attrs),
             ));
         }
         let attr_bytes: usize = w.attrs.iter().map(|(k, v)| k.len() + v.len()).sum();
         if attr_bytes > self.max_attrs_bytes {
             return Err(invalid(
                 "attrs",
-                format!(
-                    "{attr_bytes} bytes, more than the limit of {}",
-                    self.max_attrs_bytes
-                ),
+                format!("{attr_bytes} bytes, more than the limit of {}", self.max_attrs_bytes),
             ));
         }
         if w.attrs.keys().any(String::is_empty) {
@@ -189,30 +157,15 @@ impl Limits {
         })
     }
 
-    fn name(
-        &self,
-        field: &'static str,
-        s: &str,
-        allowed: impl Fn(char) -> bool,
-    ) -> Result<(), ValidationError> {
+    fn name(&self, field: &'static str, s: &str, allowed: impl Fn(char) -> bool) -> Result<(), ValidationError> {
         if s.is_empty() {
             return Err(invalid(field, "empty"));
         }
         if s.len() > self.max_name_bytes {
-            return Err(invalid(
-                field,
-                format!(
-                    "{} bytes, more than the limit of {}",
-                    s.len(),
-                    self.max_name_bytes
-                ),
-            ));
+            return Err(invalid(field, format!("{} bytes, more than the limit of {}", s.len(), self.max_name_bytes)));
         }
         if let Some(c) = s.chars().find(|&c| !allowed(c)) {
-            return Err(invalid(
-                field,
-                format!("character {c:?} is not allowed here"),
-            ));
+            return Err(invalid(field, format!("character {c:?} is not allowed here")));
         }
         Ok(())
     }
@@ -226,11 +179,7 @@ impl Limits {
         if s.len() > self.max_handle_bytes {
             return Err(invalid(
                 field,
-                format!(
-                    "handle of {} bytes, more than the limit of {}",
-                    s.len(),
-                    self.max_handle_bytes
-                ),
+                format!("handle of {} bytes, more than the limit of {}", s.len(), self.max_handle_bytes),
             ));
         }
         if s.chars().any(char::is_control) {
@@ -261,10 +210,7 @@ mod tests {
     }
 
     fn field_of(w: WireEvent) -> &'static str {
-        Limits::default()
-            .validate(w)
-            .expect_err("must be refused")
-            .field
+        Limits::default().validate(w).expect_err("must be refused").field
     }
 
     #[test]
@@ -276,94 +222,22 @@ mod tests {
 
     #[test]
     fn names_the_field_at_fault() {
-        assert_eq!(
-            field_of(WireEvent {
-                source: String::new(),
-                ..wire()
-            }),
-            "source"
-        );
-        assert_eq!(
-            field_of(WireEvent {
-                network: "IRC".into(),
-                ..wire()
-            }),
-            "network"
-        );
-        assert_eq!(
-            field_of(WireEvent {
-                kind: "me ssage".into(),
-                ..wire()
-            }),
-            "kind"
-        );
-        assert_eq!(
-            field_of(WireEvent {
-                ts: "now".into(),
-                ..wire()
-            }),
-            "ts"
-        );
-        assert_eq!(
-            field_of(WireEvent {
-                from: "a\u{7}".into(),
-                ..wire()
-            }),
-            "from"
-        );
-        assert_eq!(
-            field_of(WireEvent {
-                to: vec![],
-                ..wire()
-            }),
-            "to"
-        );
-        assert_eq!(
-            field_of(WireEvent {
-                to: vec!["b".into(); 1001],
-                ..wire()
-            }),
-            "to"
-        );
-        assert_eq!(
-            field_of(WireEvent {
-                body: None,
-                ..wire()
-            }),
-            "body"
-        );
-        assert_eq!(
-            field_of(WireEvent {
-                body: Some("x".repeat((1 << 20) + 1)),
-                ..wire()
-            }),
-            "body"
-        );
-        assert_eq!(
-            field_of(WireEvent {
-                direction: Some("up".into()),
-                ..wire()
-            }),
-            "direction"
-        );
-        assert_eq!(
-            field_of(WireEvent {
-                attrs: [(String::new(), "v".into())].into(),
-                ..wire()
-            }),
-            "attrs"
-        );
+        assert_eq!(field_of(WireEvent { source: String::new(), ..wire() }), "source");
+        assert_eq!(field_of(WireEvent { network: "IRC".into(), ..wire() }), "network");
+        assert_eq!(field_of(WireEvent { kind: "me ssage".into(), ..wire() }), "kind");
+        assert_eq!(field_of(WireEvent { ts: "now".into(), ..wire() }), "ts");
+        assert_eq!(field_of(WireEvent { from: "a\u{7}".into(), ..wire() }), "from");
+        assert_eq!(field_of(WireEvent { to: vec![], ..wire() }), "to");
+        assert_eq!(field_of(WireEvent { to: vec!["b".into(); 1001], ..wire() }), "to");
+        assert_eq!(field_of(WireEvent { body: None, ..wire() }), "body");
+        assert_eq!(field_of(WireEvent { body: Some("x".repeat((1 << 20) + 1)), ..wire() }), "body");
+        assert_eq!(field_of(WireEvent { direction: Some("up".into()), ..wire() }), "direction");
+        assert_eq!(field_of(WireEvent { attrs: [(String::new(), "v".into())].into(), ..wire() }), "attrs");
     }
 
     #[test]
     fn joins_need_no_body_and_channels_need_no_recipients() {
-        let join = WireEvent {
-            kind: "join".into(),
-            to: vec![],
-            channel: Some("#desk".into()),
-            body: None,
-            ..wire()
-        };
+        let join = WireEvent { kind: "join".into(), to: vec![], channel: Some("#desk".into()), body: None, ..wire() };
         assert_eq!(Limits::default().validate(join).expect("valid").body, "");
     }
 
@@ -371,20 +245,11 @@ mod tests {
     fn implausible_times_are_flagged_not_refused() {
         let p = TimePlausibility::default();
         let now = UnixNanos(1_800_000_000 * 1_000_000_000);
-        let at = |secs: i64| EventTime {
-            instant: UnixNanos(now.0 + secs * 1_000_000_000),
-            utc_offset_secs: 0,
-        };
+        let at = |secs: i64| EventTime { instant: UnixNanos(now.0 + secs * 1_000_000_000), utc_offset_secs: 0 };
         assert_eq!(p.flags(at(0), now), RecordFlags(0));
         assert_eq!(p.flags(at(3_601), now), RecordFlags(RecordFlags::TS_FUTURE));
-        assert_eq!(
-            p.flags(at(-8 * 86_400), now),
-            RecordFlags(RecordFlags::TS_PAST)
-        );
-        let e = Limits::default().validate(WireEvent {
-            ts: "1970-01-01T00:00:00Z".into(),
-            ..wire()
-        });
+        assert_eq!(p.flags(at(-8 * 86_400), now), RecordFlags(RecordFlags::TS_PAST));
+        let e = Limits::default().validate(WireEvent { ts: "1970-01-01T00:00:00Z".into(), ..wire() });
         assert!(e.is_ok());
     }
 }

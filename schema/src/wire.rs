@@ -36,10 +36,7 @@ pub enum BatchError {
     #[error("event {index}: {message}")]
     Syntax { index: usize, message: String },
     #[error("event {index}: field `{}`: {}", .error.field, .error.problem)]
-    Invalid {
-        index: usize,
-        error: ValidationError,
-    },
+    Invalid { index: usize, error: ValidationError },
     #[error("the batch holds no events")]
     Empty,
     #[error("the batch holds more than {limit} events")]
@@ -62,23 +59,15 @@ pub fn parse_batch(bytes: &[u8], max_events: usize) -> Result<Vec<WireEvent>, Ba
 }
 
 fn parse_array(bytes: &[u8], max_events: usize) -> Result<Vec<WireEvent>, BatchError> {
-    let values: Vec<serde_json::Value> =
-        serde_json::from_slice(bytes).map_err(|e| BatchError::Syntax {
-            index: 0,
-            message: format!("not a JSON array of events: {e}"),
-        })?;
+    let values: Vec<serde_json::Value> = serde_json::from_slice(bytes)
+        .map_err(|e| BatchError::Syntax { index: 0, message: format!("not a JSON array of events: {e}") })?;
     if values.len() > max_events {
         return Err(BatchError::TooMany { limit: max_events });
     }
     values
         .into_iter()
         .enumerate()
-        .map(|(index, v)| {
-            serde_json::from_value(v).map_err(|e| BatchError::Syntax {
-                index,
-                message: e.to_string(),
-            })
-        })
+        .map(|(index, v)| serde_json::from_value(v).map_err(|e| BatchError::Syntax { index, message: e.to_string() }))
         .collect()
 }
 
@@ -93,10 +82,7 @@ pub fn parse_ndjson(bytes: &[u8], max_events: usize) -> Result<Vec<WireEvent>, B
         if index >= max_events {
             return Err(BatchError::TooMany { limit: max_events });
         }
-        let event = serde_json::from_slice(line).map_err(|e| BatchError::Syntax {
-            index,
-            message: e.to_string(),
-        })?;
+        let event = serde_json::from_slice(line).map_err(|e| BatchError::Syntax { index, message: e.to_string() })?;
         events.push(event);
     }
     Ok(events)
@@ -124,33 +110,15 @@ mod tests {
             parse_batch(format!("{EV}\n{{\"seq\":").as_bytes(), 10),
             Err(BatchError::Syntax { index: 1, .. })
         ));
-        assert!(matches!(
-            parse_batch(format!("[{EV}] x").as_bytes(), 10),
-            Err(BatchError::Syntax { .. })
-        ));
-        assert_eq!(
-            parse_batch(format!("{EV}\n{EV}").as_bytes(), 1),
-            Err(BatchError::TooMany { limit: 1 })
-        );
+        assert!(matches!(parse_batch(format!("[{EV}] x").as_bytes(), 10), Err(BatchError::Syntax { .. })));
+        assert_eq!(parse_batch(format!("{EV}\n{EV}").as_bytes(), 1), Err(BatchError::TooMany { limit: 1 }));
         let unknown = EV.replace("\"body\"", "\"bdy\"");
-        assert!(matches!(
-            parse_batch(unknown.as_bytes(), 10),
-            Err(BatchError::Syntax { index: 0, .. })
-        ));
+        assert!(matches!(parse_batch(unknown.as_bytes(), 10), Err(BatchError::Syntax { index: 0, .. })));
         let dup = EV.replace("\"seq\":1", "\"seq\":1,\"seq\":2");
-        assert!(matches!(
-            parse_batch(dup.as_bytes(), 10),
-            Err(BatchError::Syntax { .. })
-        ));
+        assert!(matches!(parse_batch(dup.as_bytes(), 10), Err(BatchError::Syntax { .. })));
         let lone = EV.replace("\"hi\"", "\"\\ud800\"");
-        assert!(matches!(
-            parse_batch(lone.as_bytes(), 10),
-            Err(BatchError::Syntax { .. })
-        ));
+        assert!(matches!(parse_batch(lone.as_bytes(), 10), Err(BatchError::Syntax { .. })));
         let big = EV.replace("\"seq\":1", "\"seq\":18446744073709551616");
-        assert!(matches!(
-            parse_batch(big.as_bytes(), 10),
-            Err(BatchError::Syntax { .. })
-        ));
+        assert!(matches!(parse_batch(big.as_bytes(), 10), Err(BatchError::Syntax { .. })));
     }
 }

@@ -21,10 +21,7 @@ pub struct AppState {
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .with_state(state)
+    Router::new().route("/healthz", get(healthz)).route("/metrics", get(metrics)).with_state(state)
 }
 
 /// 200 while the log accepts writes; 503 once the writer has stopped.
@@ -32,23 +29,11 @@ async fn healthz(State(s): State<Arc<AppState>>) -> Response {
     let head = s.log.reader().head().0;
     if s.metrics.log.writer_failed.get() != 0 {
         let body = json!({"status": "failing", "detail": "the log writer stopped after an I/O failure; restart to recover", "log_head": head});
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            [(header::RETRY_AFTER, "30")],
-            Json(body),
-        )
-            .into_response();
+        return (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "30")], Json(body)).into_response();
     }
     Json(json!({"status": "ok", "log_head": head})).into_response()
 }
 
 async fn metrics(State(s): State<Arc<AppState>>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        s.metrics.render(),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], s.metrics.render()).into_response()
 }

@@ -52,15 +52,9 @@ mod tests {
         let a = ChainHash::GENESIS.next(Offset(0), b"x");
         assert_ne!(a, ChainHash::GENESIS.next(Offset(1), b"x"));
         assert_ne!(a, ChainHash::GENESIS.next(Offset(0), b"y"));
-        assert_ne!(
-            a.next(Offset(1), b"x"),
-            ChainHash::GENESIS.next(Offset(1), b"x")
-        );
+        assert_ne!(a.next(Offset(1), b"x"), ChainHash::GENESIS.next(Offset(1), b"x"));
         // Known answer, computed independently (Python hashlib), so that a change
         // of the definition cannot go unnoticed.
-        assert_eq!(
-            a.to_hex(),
-            "90f68c19256bc102d84e7b4dcaee39a89365488ea0c39006ab4390d965f1d5fc"
-        );
+        assert_eq!(a.to_hex(), "90f68c19256bc102d84e7b4dcaee39a89365488ea0c39006ab4390d965f1d5fc");
     }
 }

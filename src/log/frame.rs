@@ -32,6 +32,11 @@ pub const HEADER_LEN: usize = 84;
 /// Largest payload, stored or raw, a block may announce.
 pub const MAX_PAYLOAD: u32 = 64 << 20;
 
+/// A reusable compressor for `level` (0 = store uncompressed).
+pub fn compressor(level: i32) -> std::io::Result<Option<zstd::bulk::Compressor<'static>>> {
+    (level > 0).then(|| zstd::bulk::Compressor::new(level)).transpose()
+}
+
 /// How a block's payload is stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Compression {
@@ -149,13 +154,7 @@ impl BlockBuilder {
     }
 
     /// Appends a whole block's raw payload (records already framed).
-    pub fn push_raw(
-        &mut self,
-        raw: &[u8],
-        count: u32,
-        first_received_at: UnixNanos,
-        last_received_at: UnixNanos,
-    ) {
+    pub fn push_raw(&mut self, raw: &[u8], count: u32, first_received_at: UnixNanos, last_received_at: UnixNanos) {
         self.raw.extend_from_slice(raw);
         self.count += count;
         self.first_received_at.get_or_insert(first_received_at);
@@ -175,20 +174,16 @@ impl BlockBuilder {
     }
 
     /// Encodes the block; `chain` is the link after its last record.
-    /// `level` 0 stores the payload uncompressed.
+    /// Without a compressor the payload is stored uncompressed.
     pub fn finish(
         &self,
         first_offset: Offset,
         chain: ChainHash,
-        level: i32,
+        compressor: Option<&mut zstd::bulk::Compressor<'static>>,
     ) -> std::io::Result<Vec<u8>> {
-        let (compression, payload) = if level == 0 {
-            (Compression::None, None)
-        } else {
-            (
-                Compression::Zstd,
-                Some(zstd::bulk::compress(&self.raw, level)?),
-            )
+        let (compression, payload) = match compressor {
+            None => (Compression::None, None),
+            Some(c) => (Compression::Zstd, Some(c.compress(&self.raw)?)),
         };
         let payload = payload.as_deref().unwrap_or(&self.raw);
         let mut b = Vec::with_capacity(HEADER_LEN + payload.len());
@@ -221,29 +216,22 @@ pub fn decode_payload(h: &BlockHeader, stored: &[u8]) -> Result<Vec<u8>, FrameEr
     }
     let raw = match h.compression {
         Compression::None => stored.to_vec(),
-        Compression::Zstd => zstd::bulk::decompress(stored, h.raw_len as usize)
-            .map_err(|e| FrameError::Decompress(e.to_string()))?,
+        Compression::Zstd => {
+            zstd::bulk::decompress(stored, h.raw_len as usize).map_err(|e| FrameError::Decompress(e.to_string()))?
+        }
     };
     if raw.len() != h.raw_len as usize {
-        return Err(FrameError::Payload(format!(
-            "{} raw bytes, header says {}",
-            raw.len(),
-            h.raw_len
-        )));
+        return Err(FrameError::Payload(format!("{} raw bytes, header says {}", raw.len(), h.raw_len)));
     }
     Ok(raw)
 }
 
 /// Where each record lies in a raw payload; checks the count.
-pub fn record_spans(
-    h: &BlockHeader,
-    raw: &[u8],
-) -> Result<Vec<std::ops::Range<usize>>, FrameError> {
+pub fn record_spans(h: &BlockHeader, raw: &[u8]) -> Result<Vec<std::ops::Range<usize>>, FrameError> {
     let mut spans = Vec::with_capacity((h.count as usize).min(raw.len()));
     let mut rest = raw;
     while !rest.is_empty() {
-        let len = varint::get_u64(&mut rest)
-            .ok_or_else(|| FrameError::Payload("bad record length".into()))?;
+        let len = varint::get_u64(&mut rest).ok_or_else(|| FrameError::Payload("bad record length".into()))?;
         let len = usize::try_from(len)
             .ok()
             .filter(|&l| l <= rest.len())
@@ -253,11 +241,7 @@ pub fn record_spans(
         rest = &rest[len..];
     }
     if spans.len() != h.count as usize {
-        return Err(FrameError::Payload(format!(
-            "{} records, header says {}",
-            spans.len(),
-            h.count
-        )));
+        return Err(FrameError::Payload(format!("{} records, header says {}", spans.len(), h.count)));
     }
     Ok(spans)
 }
@@ -275,8 +259,8 @@ mod tests {
         let mut b = BlockBuilder::default();
         b.push(b"first", UnixNanos(10));
         b.push(b"second record", UnixNanos(20));
-        b.finish(Offset(7), ChainHash([9; 32]), level)
-            .expect("encode")
+        let mut c = compressor(level).expect("compressor");
+        b.finish(Offset(7), ChainHash([9; 32]), c.as_mut()).expect("encode")
     }
 
     #[test]
@@ -284,20 +268,11 @@ mod tests {
         for level in [0, 1, 3] {
             let b = block(level);
             let h = decode_header(b[..HEADER_LEN].try_into().expect("header")).expect("header");
-            assert_eq!(
-                (h.first_offset, h.count, h.end_offset()),
-                (Offset(7), 2, Offset(9))
-            );
-            assert_eq!(
-                (h.first_received_at, h.last_received_at),
-                (UnixNanos(10), UnixNanos(20))
-            );
+            assert_eq!((h.first_offset, h.count, h.end_offset()), (Offset(7), 2, Offset(9)));
+            assert_eq!((h.first_received_at, h.last_received_at), (UnixNanos(10), UnixNanos(20)));
             assert_eq!(h.total_len(), b.len() as u64);
             let raw = decode_payload(&h, &b[HEADER_LEN..]).expect("payload");
-            assert_eq!(
-                split_records(&h, &raw).expect("records"),
-                vec![&b"first"[..], b"second record"]
-            );
+            assert_eq!(split_records(&h, &raw).expect("records"), vec![&b"first"[..], b"second record"]);
         }
     }
 

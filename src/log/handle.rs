@@ -33,10 +33,7 @@ pub enum AppendError {
 }
 
 enum Msg {
-    Append(
-        Vec<Record>,
-        oneshot::Sender<Result<Range<Offset>, AppendError>>,
-    ),
+    Append(Vec<Record>, oneshot::Sender<Result<Range<Offset>, AppendError>>),
     Close(oneshot::Sender<Result<(), String>>),
 }
 
@@ -61,14 +58,7 @@ impl LogHandle {
             .name("log-writer".into())
             .spawn(move || writer_loop(log, rx, m))
             .expect("spawning the log writer thread");
-        (
-            LogHandle {
-                tx,
-                reader,
-                metrics,
-            },
-            thread,
-        )
+        (LogHandle { tx, reader, metrics }, thread)
     }
 
     /// Appends one batch; resolves once it is durable, with its offsets.
@@ -78,16 +68,10 @@ impl LogHandle {
             Ok(()) => self.metrics.queue_depth.inc(),
             Err(TrySendError::Full(_)) => return Err(AppendError::QueueFull),
             Err(TrySendError::Disconnected(_)) => {
-                return Err(AppendError::Unavailable(
-                    "the log writer has stopped".into(),
-                ))
+                return Err(AppendError::Unavailable("the log writer has stopped".into()))
             }
         };
-        ack.await.unwrap_or_else(|_| {
-            Err(AppendError::Unavailable(
-                "the log writer has stopped".into(),
-            ))
-        })
+        ack.await.unwrap_or_else(|_| Err(AppendError::Unavailable("the log writer has stopped".into())))
     }
 
     pub fn reader(&self) -> &LogReader {
@@ -102,8 +86,7 @@ impl LogHandle {
             .await
             .map_err(|e| e.to_string())?
             .map_err(|_| "the log writer has stopped".to_string())?;
-        done.await
-            .map_err(|_| "the log writer has stopped".to_string())?
+        done.await.map_err(|_| "the log writer has stopped".to_string())?
     }
 }
 
@@ -114,19 +97,12 @@ fn to_append_error(e: &LogError) -> AppendError {
     }
 }
 
-type Pending = Vec<(
-    Vec<Record>,
-    oneshot::Sender<Result<Range<Offset>, AppendError>>,
-)>;
+type Pending = Vec<(Vec<Record>, oneshot::Sender<Result<Range<Offset>, AppendError>>)>;
 
 fn estimate(records: &[Record]) -> usize {
     records
         .iter()
-        .map(|r| {
-            64 + r.event.body.len()
-                + r.event.from.len()
-                + r.event.to.iter().map(String::len).sum::<usize>()
-        })
+        .map(|r| 64 + r.event.body.len() + r.event.from.len() + r.event.to.iter().map(String::len).sum::<usize>())
         .sum()
 }
 

@@ -23,6 +23,10 @@ pub trait ReadAt: Send + Sync {
     /// Fills `buf` from `pos`; an error if the file ends first.
     fn read_exact_at(&self, buf: &mut [u8], pos: u64) -> io::Result<()>;
     fn len(&self) -> io::Result<u64>;
+
+    fn is_empty(&self) -> io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
 }
 
 /// Directory and file operations. Paths are full paths.
@@ -98,10 +102,7 @@ impl Storage for FsStorage {
     }
 
     fn create(&self, path: &Path) -> io::Result<Box<dyn AppendFile>> {
-        let f = OpenOptions::new()
-            .append(true)
-            .create_new(true)
-            .open(path)?;
+        let f = OpenOptions::new().append(true).create_new(true).open(path)?;
         Ok(Box::new(FsAppend(f)))
     }
 
@@ -191,10 +192,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 fn not_found(path: &Path) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::NotFound,
-        format!("{}: no such file", path.display()),
-    )
+    io::Error::new(io::ErrorKind::NotFound, format!("{}: no such file", path.display()))
 }
 
 struct MemAppend {
@@ -207,10 +205,7 @@ impl AppendFile for MemAppend {
         lock(&self.storage.state).step()?;
         let mut ino = lock(&self.inode);
         if ino.readonly {
-            return Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                "read-only file",
-            ));
+            return Err(io::Error::new(io::ErrorKind::PermissionDenied, "read-only file"));
         }
         ino.data.extend_from_slice(data);
         Ok(())
@@ -239,8 +234,7 @@ struct MemRead(Arc<Mutex<Inode>>);
 impl ReadAt for MemRead {
     fn read_exact_at(&self, buf: &mut [u8], pos: u64) -> io::Result<()> {
         let ino = lock(&self.0);
-        let start =
-            usize::try_from(pos).map_err(|_| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+        let start = usize::try_from(pos).map_err(|_| io::Error::from(io::ErrorKind::UnexpectedEof))?;
         let end = start
             .checked_add(buf.len())
             .filter(|&e| e <= ino.data.len())
@@ -314,11 +308,7 @@ impl MemStorage {
                 let ino = lock(ino);
                 (
                     *id,
-                    Arc::new(Mutex::new(Inode {
-                        data: ino.data.clone(),
-                        synced: ino.synced,
-                        readonly: ino.readonly,
-                    })),
+                    Arc::new(Mutex::new(Inode { data: ino.data.clone(), synced: ino.synced, readonly: ino.readonly })),
                 )
             })
             .collect();
@@ -329,9 +319,7 @@ impl MemStorage {
             next_inode: st.next_inode,
             ..Default::default()
         };
-        MemStorage {
-            state: Arc::new(Mutex::new(copy)),
-        }
+        MemStorage { state: Arc::new(Mutex::new(copy)) }
     }
 
     /// Makes the `sync_data` call after the next `n` fail.
@@ -368,27 +356,18 @@ impl Storage for MemStorage {
         let mut st = lock(&self.state);
         st.step()?;
         if st.names.contains_key(path) {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!("{} exists", path.display()),
-            ));
+            return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{} exists", path.display())));
         }
         let id = st.next_inode;
         st.next_inode += 1;
         let inode = Arc::new(Mutex::new(Inode::default()));
         st.inodes.insert(id, inode.clone());
         st.names.insert(path.to_owned(), id);
-        Ok(Box::new(MemAppend {
-            inode,
-            storage: self.clone(),
-        }))
+        Ok(Box::new(MemAppend { inode, storage: self.clone() }))
     }
 
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn AppendFile>> {
-        Ok(Box::new(MemAppend {
-            inode: self.inode(path)?,
-            storage: self.clone(),
-        }))
+        Ok(Box::new(MemAppend { inode: self.inode(path)?, storage: self.clone() }))
     }
 
     fn open_read(&self, path: &Path) -> io::Result<Arc<dyn ReadAt>> {
@@ -423,11 +402,7 @@ impl Storage for MemStorage {
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut st = lock(&self.state);
         st.step()?;
-        let MemState {
-            names,
-            durable_names,
-            ..
-        } = &mut *st;
+        let MemState { names, durable_names, .. } = &mut *st;
         durable_names.retain(|p, _| p.parent() != Some(dir));
         for (p, id) in names.iter().filter(|(p, _)| p.parent() == Some(dir)) {
             durable_names.insert(p.clone(), *id);

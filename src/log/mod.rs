@@ -99,17 +99,9 @@ impl Default for LogConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
     #[error("{op} {}: {source}", path.display())]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { op: &'static str, path: PathBuf, source: std::io::Error },
     #[error("damaged log: {} at byte {pos}: {what}", path.display())]
-    Corrupt {
-        path: PathBuf,
-        pos: u64,
-        what: String,
-    },
+    Corrupt { path: PathBuf, pos: u64, what: String },
     #[error("the log writer stopped after a failure and accepts nothing until restart: {0}")]
     Failed(String),
     #[error("batch of {bytes} bytes exceeds the block limit of {limit} bytes")]
@@ -117,21 +109,11 @@ pub enum LogError {
     #[error("offset {0} is not in the log")]
     NoSuchOffset(Offset),
     #[error("record at offset {offset}: {error}")]
-    Record {
-        offset: Offset,
-        error: verbatim_schema::CodecError,
-    },
+    Record { offset: Offset, error: verbatim_schema::CodecError },
 }
 
-pub(crate) fn io_err<'a>(
-    op: &'static str,
-    path: &'a Path,
-) -> impl FnOnce(std::io::Error) -> LogError + 'a {
-    move |source| LogError::Io {
-        op,
-        path: path.to_owned(),
-        source,
-    }
+pub(crate) fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> LogError + 'a {
+    move |source| LogError::Io { op, path: path.to_owned(), source }
 }
 
 /// The part of a segment that grows while it is active.
@@ -193,10 +175,7 @@ impl LogShared {
 
     /// The segments, oldest first.
     pub fn segments(&self) -> Vec<Arc<SegmentView>> {
-        self.segments
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.segments.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The segment holding `offset`, if any.
@@ -207,10 +186,7 @@ impl LogShared {
     }
 
     fn push(&self, seg: Arc<SegmentView>) {
-        self.segments
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(seg);
+        self.segments.write().unwrap_or_else(|p| p.into_inner()).push(seg);
     }
 
     /// Puts a sealed view in place of the unsealed one with the same first offset.
@@ -224,17 +200,10 @@ impl LogShared {
 
 /// Opens a log for reading only (`dump`, `stats`): changes nothing on disk,
 /// and leaves out a torn tail instead of cutting it off.
-pub fn open_read_only(
-    storage: &dyn io::Storage,
-    dir: &Path,
-    config: &LogConfig,
-) -> Result<LogReader, LogError> {
+pub fn open_read_only(storage: &dyn io::Storage, dir: &Path, config: &LogConfig) -> Result<LogReader, LogError> {
     let opened = recovery::open_segments(storage, dir, config, false)?;
     let shared = LogShared::default();
-    let end = opened
-        .segments
-        .last()
-        .map_or(Offset::ZERO, |s| s.tail().end_offset);
+    let end = opened.segments.last().map_or(Offset::ZERO, |s| s.tail().end_offset);
     for s in opened.segments {
         shared.push(s);
     }

@@ -61,10 +61,7 @@ impl LogReader {
         if offset >= self.head() {
             return Err(LogError::NoSuchOffset(offset));
         }
-        let seg = self
-            .shared
-            .segment_for(offset)
-            .ok_or(LogError::NoSuchOffset(offset))?;
+        let seg = self.shared.segment_for(offset).ok_or(LogError::NoSuchOffset(offset))?;
         let (entry, end) = {
             let tail = seg.tail();
             let i = tail
@@ -74,13 +71,8 @@ impl LogReader {
                 .ok_or(LogError::NoSuchOffset(offset))?;
             (tail.blocks[i], tail.data_end)
         };
-        let corrupt = |what: String| LogError::Corrupt {
-            path: seg.path.clone(),
-            pos: entry.pos,
-            what,
-        };
-        let (h, raw) =
-            segment::read_block(&*seg.file, entry.pos, end).map_err(|e| corrupt(e.to_string()))?;
+        let corrupt = |what: String| LogError::Corrupt { path: seg.path.clone(), pos: entry.pos, what };
+        let (h, raw) = segment::read_block(&*seg.file, entry.pos, end).map_err(|e| corrupt(e.to_string()))?;
         if h.first_offset != entry.first_offset || h.count != entry.count {
             return Err(corrupt(format!(
                 "block holds offsets {}..{}, the index expects {}..{}",
@@ -91,11 +83,7 @@ impl LogReader {
             )));
         }
         let spans = frame::record_spans(&h, &raw).map_err(|e| corrupt(e.to_string()))?;
-        Ok(BlockRecords {
-            first: h.first_offset,
-            raw,
-            spans,
-        })
+        Ok(BlockRecords { first: h.first_offset, raw, spans })
     }
 
     /// The record at `offset`.
@@ -107,11 +95,7 @@ impl LogReader {
 
     /// Records from `from` up to the head as it is when the iteration reaches it.
     pub fn iter_from(&self, from: Offset) -> LogIter {
-        LogIter {
-            reader: self.clone(),
-            next: from,
-            block: None,
-        }
+        LogIter { reader: self.clone(), next: from, block: None }
     }
 }
 
@@ -129,11 +113,7 @@ impl LogIter {
         if self.next >= self.reader.head() {
             return None;
         }
-        if !self
-            .block
-            .as_ref()
-            .is_some_and(|b| b.first <= self.next && self.next < b.end())
-        {
+        if !self.block.as_ref().is_some_and(|b| b.first <= self.next && self.next < b.end()) {
             match self.reader.block_at(self.next) {
                 Ok(b) => self.block = Some(b),
                 Err(e) => {
@@ -154,9 +134,7 @@ impl Iterator for LogIter {
 
     fn next(&mut self) -> Option<Self::Item> {
         Some(self.next_raw()?.and_then(|(offset, bytes)| {
-            decode_record(bytes)
-                .map(|r| (offset, r))
-                .map_err(|error| LogError::Record { offset, error })
+            decode_record(bytes).map(|r| (offset, r)).map_err(|error| LogError::Record { offset, error })
         }))
     }
 }
@@ -176,10 +154,7 @@ pub struct LogStats {
 
 /// Reads every block header (not payloads) to add up the log's sizes.
 pub fn stats(reader: &LogReader) -> Result<LogStats, LogError> {
-    let mut s = LogStats {
-        events: reader.head().0,
-        ..Default::default()
-    };
+    let mut s = LogStats { events: reader.head().0, ..Default::default() };
     for seg in reader.shared.segments() {
         s.segments += 1;
         if seg.kind == segment::FileKind::Sealed {
@@ -188,12 +163,10 @@ pub fn stats(reader: &LogReader) -> Result<LogStats, LogError> {
         s.file_bytes += seg.file.len().map_err(super::io_err("stat", &seg.path))?;
         let tail = seg.tail().clone();
         for b in &tail.blocks {
-            let h = segment::read_header(&*seg.file, b.pos, tail.data_end).map_err(|e| {
-                LogError::Corrupt {
-                    path: seg.path.clone(),
-                    pos: b.pos,
-                    what: e.to_string(),
-                }
+            let h = segment::read_header(&*seg.file, b.pos, tail.data_end).map_err(|e| LogError::Corrupt {
+                path: seg.path.clone(),
+                pos: b.pos,
+                what: e.to_string(),
             })?;
             s.blocks += 1;
             s.raw_bytes += u64::from(h.raw_len);

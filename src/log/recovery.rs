@@ -24,22 +24,13 @@ pub struct Opened {
 }
 
 fn corrupt(path: &Path, pos: u64, what: impl Into<String>) -> LogError {
-    LogError::Corrupt {
-        path: path.to_owned(),
-        pos,
-        what: what.into(),
-    }
+    LogError::Corrupt { path: path.to_owned(), pos, what: what.into() }
 }
 
 /// Reads the segments of `dir`, repairing only what a crash can leave behind.
 /// With `repair` false (read-only tools) nothing is changed on disk, and a
 /// torn tail is only left out of the views.
-pub fn open_segments(
-    storage: &dyn Storage,
-    dir: &Path,
-    config: &LogConfig,
-    repair: bool,
-) -> Result<Opened, LogError> {
+pub fn open_segments(storage: &dyn Storage, dir: &Path, config: &LogConfig, repair: bool) -> Result<Opened, LogError> {
     let mut files: BTreeMap<Offset, Vec<FileKind>> = BTreeMap::new();
     for name in storage.list(dir).map_err(io_err("list", dir))? {
         if let Some((first, kind)) = segment::parse_name(&name) {
@@ -105,10 +96,7 @@ pub fn open_segments(
             return Err(corrupt(
                 &path,
                 16,
-                format!(
-                    "header says first offset {}, the name says {first}",
-                    header.first_offset
-                ),
+                format!("header says first offset {}, the name says {first}", header.first_offset),
             ));
         }
         if first != next {
@@ -119,24 +107,13 @@ pub fn open_segments(
             ));
         }
         if header.prev_chain != chain {
-            return Err(corrupt(
-                &path,
-                24,
-                "chain hash does not continue the previous segment's",
-            ));
+            return Err(corrupt(&path, 24, "chain hash does not continue the previous segment's"));
         }
         let tail = match kind {
             FileKind::Sealed => {
                 let f = Footer::read(&*file).map_err(|(pos, what)| corrupt(&path, pos, what))?;
-                if f.blocks
-                    .first()
-                    .is_some_and(|b| b.first_offset != first || b.pos != HEADER_SIZE)
-                {
-                    return Err(corrupt(
-                        &path,
-                        f.index_pos,
-                        "footer's first block does not start the segment",
-                    ));
+                if f.blocks.first().is_some_and(|b| b.first_offset != first || b.pos != HEADER_SIZE) {
+                    return Err(corrupt(&path, f.index_pos, "footer's first block does not start the segment"));
                 }
                 SegmentTail {
                     blocks: f.blocks,
@@ -165,9 +142,7 @@ pub fn open_segments(
                     }
                     warn!(segment = %path.display(), pos = stop.pos, cut = len - stop.pos, "cutting off a block a crash left incomplete ({})", stop.error);
                     if repair {
-                        storage
-                            .truncate(&path, stop.pos)
-                            .map_err(io_err("truncate", &path))?;
+                        storage.truncate(&path, stop.pos).map_err(io_err("truncate", &path))?;
                     }
                 }
                 let end_offset = scan.end_offset(first);
@@ -195,8 +170,5 @@ pub fn open_segments(
     if let Some(last) = segments.last() {
         info!(segments = segments.len(), head = %last.tail().end_offset, "log opened");
     }
-    Ok(Opened {
-        segments,
-        last_is_open,
-    })
+    Ok(Opened { segments, last_is_open })
 }

@@ -104,7 +104,9 @@ impl SegmentHeader {
         }
         let version = u16::from_le_bytes(b[8..10].try_into().expect("2"));
         if version != FORMAT_VERSION {
-            return Err(format!("segment format version {version} is not supported (this build reads {FORMAT_VERSION})"));
+            return Err(format!(
+                "segment format version {version} is not supported (this build reads {FORMAT_VERSION})"
+            ));
         }
         Ok(Self {
             first_offset: Offset(u64::from_le_bytes(b[16..24].try_into().expect("8"))),
@@ -114,8 +116,7 @@ impl SegmentHeader {
 
     pub fn read(file: &dyn ReadAt) -> Result<Self, String> {
         let mut b = [0u8; HEADER_SIZE as usize];
-        file.read_exact_at(&mut b, 0)
-            .map_err(|e| format!("segment header unreadable: {e}"))?;
+        file.read_exact_at(&mut b, 0).map_err(|e| format!("segment header unreadable: {e}"))?;
         Self::decode(&b)
     }
 }
@@ -139,8 +140,7 @@ pub struct Footer {
 
 impl Footer {
     pub fn encode(&self) -> Vec<u8> {
-        let mut b =
-            Vec::with_capacity(self.blocks.len() * ENTRY_SIZE as usize + TRAILER_SIZE as usize);
+        let mut b = Vec::with_capacity(self.blocks.len() * ENTRY_SIZE as usize + TRAILER_SIZE as usize);
         for e in &self.blocks {
             b.extend_from_slice(&e.first_offset.0.to_le_bytes());
             b.extend_from_slice(&e.pos.to_le_bytes());
@@ -161,32 +161,21 @@ impl Footer {
     pub fn read(file: &dyn ReadAt) -> Result<Self, (u64, String)> {
         let len = file.len().map_err(|e| (0, e.to_string()))?;
         if len < HEADER_SIZE + TRAILER_SIZE {
-            return Err((
-                len,
-                "file too short for a sealed segment (truncated?)".into(),
-            ));
+            return Err((len, "file too short for a sealed segment (truncated?)".into()));
         }
         let tpos = len - TRAILER_SIZE;
         let mut t = [0u8; TRAILER_SIZE as usize];
-        file.read_exact_at(&mut t, tpos)
-            .map_err(|e| (tpos, e.to_string()))?;
+        file.read_exact_at(&mut t, tpos).map_err(|e| (tpos, e.to_string()))?;
         if t[60..64] != TRAILER_MAGIC {
-            return Err((
-                tpos,
-                "no footer magic at the end (truncated or damaged)".into(),
-            ));
+            return Err((tpos, "no footer magic at the end (truncated or damaged)".into()));
         }
         let index_pos = u64::from_le_bytes(t[0..8].try_into().expect("8"));
         let n = u32::from_le_bytes(t[8..12].try_into().expect("4"));
-        if n > MAX_FOOTER_BLOCKS
-            || index_pos < HEADER_SIZE
-            || index_pos + u64::from(n) * ENTRY_SIZE != tpos
-        {
+        if n > MAX_FOOTER_BLOCKS || index_pos < HEADER_SIZE || index_pos + u64::from(n) * ENTRY_SIZE != tpos {
             return Err((tpos, "footer lengths do not match the file".into()));
         }
         let mut entries = vec![0u8; (tpos - index_pos) as usize];
-        file.read_exact_at(&mut entries, index_pos)
-            .map_err(|e| (index_pos, e.to_string()))?;
+        file.read_exact_at(&mut entries, index_pos).map_err(|e| (index_pos, e.to_string()))?;
         let mut crc = crc32c::crc32c(&entries);
         crc = crc32c::crc32c_append(crc, &t[..56]);
         if crc != u32::from_le_bytes(t[56..60].try_into().expect("4")) {
@@ -236,11 +225,7 @@ pub fn read_header(file: &dyn ReadAt, pos: u64, end: u64) -> Result<BlockHeader,
 }
 
 /// Reads, checks and decompresses the block at `pos`.
-pub fn read_block(
-    file: &dyn ReadAt,
-    pos: u64,
-    end: u64,
-) -> Result<(BlockHeader, Vec<u8>), BlockReadError> {
+pub fn read_block(file: &dyn ReadAt, pos: u64, end: u64) -> Result<(BlockHeader, Vec<u8>), BlockReadError> {
     let h = read_header(file, pos, end)?;
     let mut stored = vec![0u8; h.stored_len as usize];
     file.read_exact_at(&mut stored, pos + HEADER_LEN as u64)?;
@@ -283,41 +268,17 @@ pub fn scan(file: &dyn ReadAt, first: Offset, end: u64) -> Scan {
     while pos < end {
         let h = match read_block(file, pos, end) {
             Ok((h, _)) => h,
-            Err(error) => {
-                return Scan {
-                    blocks,
-                    end_pos: pos,
-                    stop: Some(ScanStop { pos, error }),
-                }
-            }
+            Err(error) => return Scan { blocks, end_pos: pos, stop: Some(ScanStop { pos, error }) },
         };
         if h.first_offset != next {
             let msg = format!("block starts at offset {}, expected {next}", h.first_offset);
-            return Scan {
-                blocks,
-                end_pos: pos,
-                stop: Some(ScanStop {
-                    pos,
-                    error: FrameError::Payload(msg).into(),
-                }),
-            };
+            return Scan { blocks, end_pos: pos, stop: Some(ScanStop { pos, error: FrameError::Payload(msg).into() }) };
         }
-        blocks.push((
-            BlockEntry {
-                first_offset: h.first_offset,
-                pos,
-                count: h.count,
-            },
-            h,
-        ));
+        blocks.push((BlockEntry { first_offset: h.first_offset, pos, count: h.count }, h));
         next = h.end_offset();
         pos += h.total_len();
     }
-    Scan {
-        blocks,
-        end_pos: pos,
-        stop: None,
-    }
+    Scan { blocks, end_pos: pos, stop: None }
 }
 
 /// Whether any complete, checksum-valid block starts in `(from, end)`: after a
@@ -345,20 +306,14 @@ mod tests {
             let n = file_name(Offset(42), kind);
             assert_eq!(parse_name(&n), Some((Offset(42), kind)));
         }
-        assert_eq!(
-            file_name(Offset(42), FileKind::Sealed),
-            "00000000000000000042.seg"
-        );
+        assert_eq!(file_name(Offset(42), FileKind::Sealed), "00000000000000000042.seg");
         assert_eq!(parse_name("42.seg"), None);
         assert_eq!(parse_name("lock"), None);
     }
 
     #[test]
     fn header_round_trips_and_detects_damage() {
-        let h = SegmentHeader {
-            first_offset: Offset(9),
-            prev_chain: ChainHash([3; 32]),
-        };
+        let h = SegmentHeader { first_offset: Offset(9), prev_chain: ChainHash([3; 32]) };
         let mut b = h.encode();
         assert_eq!(b.len() as u64, HEADER_SIZE);
         assert_eq!(SegmentHeader::decode(&b), Ok(h));

@@ -10,9 +10,7 @@ use verbatim_schema::{decode_record, Offset};
 
 use super::chain::ChainHash;
 use super::io::Storage;
-use super::segment::{
-    self, BlockEntry, BlockReadError, FileKind, Footer, SegmentHeader, HEADER_SIZE,
-};
+use super::segment::{self, BlockEntry, BlockReadError, FileKind, Footer, SegmentHeader, HEADER_SIZE};
 use super::{frame, io_err, LogError};
 
 /// The first problem found.
@@ -25,13 +23,7 @@ pub struct Problem {
 
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} at byte {}: {}",
-            self.path.display(),
-            self.pos,
-            self.what
-        )
+        write!(f, "{} at byte {}: {}", self.path.display(), self.pos, self.what)
     }
 }
 
@@ -58,11 +50,7 @@ struct Walk<'a> {
 }
 
 /// Verifies every segment in `dir`. `progress` is told the bytes done so far.
-pub fn verify_dir(
-    storage: &dyn Storage,
-    dir: &Path,
-    progress: &mut dyn FnMut(u64),
-) -> Result<VerifyReport, LogError> {
+pub fn verify_dir(storage: &dyn Storage, dir: &Path, progress: &mut dyn FnMut(u64)) -> Result<VerifyReport, LogError> {
     let mut files: BTreeMap<Offset, FileKind> = BTreeMap::new();
     for name in storage.list(dir).map_err(io_err("list", dir))? {
         if let Some((first, kind)) = segment::parse_name(&name) {
@@ -72,13 +60,7 @@ pub fn verify_dir(
         }
     }
     files.retain(|_, k| *k != FileKind::Tmp);
-    let mut w = Walk {
-        report: VerifyReport {
-            chain_head: ChainHash::GENESIS,
-            ..Default::default()
-        },
-        progress,
-    };
+    let mut w = Walk { report: VerifyReport { chain_head: ChainHash::GENESIS, ..Default::default() }, progress };
     let n = files.len();
     for (i, (first, kind)) in files.into_iter().enumerate() {
         let path = dir.join(segment::file_name(first, kind));
@@ -99,13 +81,7 @@ impl Walk<'_> {
         kind: FileKind,
         is_last: bool,
     ) -> Result<Result<(), Problem>, LogError> {
-        let problem = |pos: u64, what: String| {
-            Err(Problem {
-                path: path.to_owned(),
-                pos,
-                what,
-            })
-        };
+        let problem = |pos: u64, what: String| Err(Problem { path: path.to_owned(), pos, what });
         let file = storage.open_read(path).map_err(io_err("open", path))?;
         let len = file.len().map_err(io_err("stat", path))?;
         self.report.segments += 1;
@@ -117,26 +93,17 @@ impl Walk<'_> {
         if header.first_offset != first {
             return Ok(problem(
                 16,
-                format!(
-                    "header says first offset {}, the file name says {first}",
-                    header.first_offset
-                ),
+                format!("header says first offset {}, the file name says {first}", header.first_offset),
             ));
         }
         if first != self.report.head {
             return Ok(problem(
                 16,
-                format!(
-                    "segment starts at offset {first}, expected {} (a segment is missing)",
-                    self.report.head
-                ),
+                format!("segment starts at offset {first}, expected {} (a segment is missing)", self.report.head),
             ));
         }
         if header.prev_chain != self.report.chain_head {
-            return Ok(problem(
-                24,
-                "chain hash does not continue the previous segment's".into(),
-            ));
+            return Ok(problem(24, "chain hash does not continue the previous segment's".into()));
         }
         let footer = match kind {
             FileKind::Sealed => match Footer::read(&*file) {
@@ -155,9 +122,7 @@ impl Walk<'_> {
                     let torn = matches!(e, BlockReadError::Incomplete)
                         || (matches!(
                             e,
-                            BlockReadError::Frame(
-                                frame::FrameError::Magic | frame::FrameError::HeaderCrc
-                            )
+                            BlockReadError::Frame(frame::FrameError::Magic | frame::FrameError::HeaderCrc)
                         ) && !segment::valid_block_after(&*file, pos, end));
                     if torn && is_last && footer.is_none() {
                         self.report.torn_tail = Some(Problem {
@@ -171,7 +136,13 @@ impl Walk<'_> {
                 }
             };
             if h.first_offset != self.report.head {
-                return Ok(problem(pos, format!("block starts at offset {}, expected {} (blocks reordered, lost or duplicated)", h.first_offset, self.report.head)));
+                return Ok(problem(
+                    pos,
+                    format!(
+                        "block starts at offset {}, expected {} (blocks reordered, lost or duplicated)",
+                        h.first_offset, self.report.head
+                    ),
+                ));
             }
             let records = match frame::split_records(&h, &raw) {
                 Ok(r) => r,
@@ -186,36 +157,23 @@ impl Walk<'_> {
                 chain = chain.next(offset, rec);
             }
             if chain != h.chain {
-                return Ok(problem(
-                    pos,
-                    "hash chain mismatch: a record was changed, removed or inserted".into(),
-                ));
+                return Ok(problem(pos, "hash chain mismatch: a record was changed, removed or inserted".into()));
             }
             self.report.chain_head = chain;
             self.report.head = h.end_offset();
             self.report.blocks += 1;
             self.report.records += u64::from(h.count);
             self.report.raw_bytes += u64::from(h.raw_len);
-            seen.push(BlockEntry {
-                first_offset: h.first_offset,
-                pos,
-                count: h.count,
-            });
+            seen.push(BlockEntry { first_offset: h.first_offset, pos, count: h.count });
             pos += h.total_len();
             (self.progress)(h.total_len());
         }
         if let Some(f) = footer {
             if f.blocks != seen {
-                return Ok(problem(
-                    f.index_pos,
-                    "footer index does not match the blocks".into(),
-                ));
+                return Ok(problem(f.index_pos, "footer index does not match the blocks".into()));
             }
             if f.end_offset != self.report.head || f.last_chain != self.report.chain_head {
-                return Ok(problem(
-                    f.index_pos,
-                    "footer's end offset or chain head does not match the blocks".into(),
-                ));
+                return Ok(problem(f.index_pos, "footer's end offset or chain head does not match the blocks".into()));
             }
         }
         Ok(Ok(()))

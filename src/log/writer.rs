@@ -47,42 +47,23 @@ pub struct Log {
     last_received_at: i64,
     failed: Option<String>,
     encode_buf: Vec<u8>,
+    compressor: Option<zstd::bulk::Compressor<'static>>,
 }
 
 impl std::fmt::Debug for Log {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Log")
-            .field("dir", &self.dir)
-            .field("head", &self.head())
-            .finish()
+        f.debug_struct("Log").field("dir", &self.dir).field("head", &self.head()).finish()
     }
 }
 
-fn create_segment(
-    storage: &dyn Storage,
-    dir: &Path,
-    first: Offset,
-    prev: ChainHash,
-) -> Result<Active, LogError> {
+fn create_segment(storage: &dyn Storage, dir: &Path, first: Offset, prev: ChainHash) -> Result<Active, LogError> {
     let path = dir.join(segment::file_name(first, FileKind::Partial));
     let mut file = storage.create(&path).map_err(io_err("create", &path))?;
-    file.append(
-        &SegmentHeader {
-            first_offset: first,
-            prev_chain: prev,
-        }
-        .encode(),
-    )
-    .map_err(io_err("write", &path))?;
+    file.append(&SegmentHeader { first_offset: first, prev_chain: prev }.encode()).map_err(io_err("write", &path))?;
     file.sync_data().map_err(io_err("sync", &path))?;
     storage.sync_dir(dir).map_err(io_err("sync", dir))?;
     let read = storage.open_read(&path).map_err(io_err("open", &path))?;
-    let tail = SegmentTail {
-        blocks: Vec::new(),
-        data_end: HEADER_SIZE,
-        end_offset: first,
-        last_chain: prev,
-    };
+    let tail = SegmentTail { blocks: Vec::new(), data_end: HEADER_SIZE, end_offset: first, last_chain: prev };
     let view = Arc::new(SegmentView {
         first,
         prev_chain: prev,
@@ -91,22 +72,13 @@ fn create_segment(
         file: read,
         tail: RwLock::new(tail),
     });
-    Ok(Active {
-        file,
-        view,
-        size: HEADER_SIZE,
-        opened: Instant::now(),
-    })
+    Ok(Active { file, view, size: HEADER_SIZE, opened: Instant::now() })
 }
 
 impl Log {
     /// Opens (or creates) the log in `dir`, recovering from a crash as
     /// `config.recovery` says, and seals segments a crash left unsealed.
-    pub fn open(
-        storage: Arc<dyn Storage>,
-        dir: &Path,
-        config: LogConfig,
-    ) -> Result<Self, LogError> {
+    pub fn open(storage: Arc<dyn Storage>, dir: &Path, config: LogConfig) -> Result<Self, LogError> {
         storage.create_dir_all(dir).map_err(io_err("create", dir))?;
         let opened = open_segments(&*storage, dir, &config, true)?;
         let shared = Arc::new(LogShared::default());
@@ -116,21 +88,13 @@ impl Log {
         }
         let active = match opened.segments.last() {
             Some(last) if opened.last_is_open => {
-                let file = storage
-                    .open_append(&last.path)
-                    .map_err(io_err("open", &last.path))?;
+                let file = storage.open_append(&last.path).map_err(io_err("open", &last.path))?;
                 let size = last.tail().data_end;
-                Active {
-                    file,
-                    view: last.clone(),
-                    size,
-                    opened: Instant::now(),
-                }
+                Active { file, view: last.clone(), size, opened: Instant::now() }
             }
             last => {
-                let (first, prev) = last.map_or((Offset::ZERO, ChainHash::GENESIS), |s| {
-                    (s.tail().end_offset, s.tail().last_chain)
-                });
+                let (first, prev) =
+                    last.map_or((Offset::ZERO, ChainHash::GENESIS), |s| (s.tail().end_offset, s.tail().last_chain));
                 let active = create_segment(&*storage, dir, first, prev)?;
                 shared.push(active.view.clone());
                 active
@@ -138,24 +102,20 @@ impl Log {
         };
         // The newest durable record's received_at keeps the clock monotonic
         // across restarts even if the wall clock stepped back.
-        if let Some(b) = opened
-            .segments
-            .iter()
-            .rev()
-            .find_map(|s| s.tail().blocks.last().copied().map(|b| (s.clone(), b)))
+        if let Some(b) =
+            opened.segments.iter().rev().find_map(|s| s.tail().blocks.last().copied().map(|b| (s.clone(), b)))
         {
             let (seg, entry) = b;
             let end = seg.tail().data_end;
-            let h = segment::read_header(&*seg.file, entry.pos, end).map_err(|e| {
-                LogError::Corrupt {
-                    path: seg.path.clone(),
-                    pos: entry.pos,
-                    what: e.to_string(),
-                }
+            let h = segment::read_header(&*seg.file, entry.pos, end).map_err(|e| LogError::Corrupt {
+                path: seg.path.clone(),
+                pos: entry.pos,
+                what: e.to_string(),
             })?;
             last_received_at = h.last_received_at.0;
         }
         shared.set_durable_end(active.view.tail().end_offset);
+        let compressor = super::frame::compressor(config.compression_level).map_err(io_err("start zstd for", dir))?;
         let mut log = Self {
             storage,
             dir: dir.to_owned(),
@@ -165,6 +125,7 @@ impl Log {
             last_received_at,
             failed: None,
             encode_buf: Vec::new(),
+            compressor,
         };
         log.seal_pending()?;
         Ok(log)
@@ -200,10 +161,7 @@ impl Log {
     /// time-plausibility flags, writes, fsyncs. Returns each batch's offsets.
     /// On error nothing is acknowledged and, unless the batches were refused
     /// before any I/O, the writer accepts nothing more.
-    pub fn append(
-        &mut self,
-        batches: &mut [Vec<Record>],
-    ) -> Result<(Vec<Range<Offset>>, BlockStats), LogError> {
+    pub fn append(&mut self, batches: &mut [Vec<Record>]) -> Result<(Vec<Range<Offset>>, BlockStats), LogError> {
         if let Some(why) = &self.failed {
             return Err(LogError::Failed(why.clone()));
         }
@@ -232,26 +190,18 @@ impl Log {
             ranges.push(start..next);
         }
         if builder.raw_len() > self.config.max_block_bytes {
-            return Err(LogError::BatchTooLarge {
-                bytes: builder.raw_len(),
-                limit: self.config.max_block_bytes,
-            });
+            return Err(LogError::BatchTooLarge { bytes: builder.raw_len(), limit: self.config.max_block_bytes });
         }
         if builder.count() == 0 {
             return Ok((ranges, BlockStats::default()));
         }
         let path = self.active.view.path.clone();
-        let block = match builder.finish(first, chain, self.config.compression_level) {
+        let block = match builder.finish(first, chain, self.compressor.as_mut()) {
             Ok(b) => b,
             Err(e) => return Err(io_err("compress", &path)(e)),
         };
         let started = Instant::now();
-        if let Err(e) = self
-            .active
-            .file
-            .append(&block)
-            .and_then(|()| self.active.file.sync_data())
-        {
+        if let Err(e) = self.active.file.append(&block).and_then(|()| self.active.file.sync_data()) {
             let err = io_err("write and sync", &path)(e);
             self.failed = Some(err.to_string());
             return Err(err);
@@ -262,11 +212,7 @@ impl Log {
         self.active.size += block.len() as u64;
         {
             let mut tail = self.active.view.tail_mut();
-            tail.blocks.push(BlockEntry {
-                first_offset: first,
-                pos,
-                count: builder.count(),
-            });
+            tail.blocks.push(BlockEntry { first_offset: first, pos, count: builder.count() });
             tail.data_end = self.active.size;
             tail.end_offset = next;
             tail.last_chain = chain;
@@ -318,12 +264,7 @@ impl Log {
 
     /// A sealer for the segments this log rolls, usable from another thread.
     pub fn sealer(&self) -> seal::Sealer {
-        seal::Sealer::new(
-            self.storage.clone(),
-            self.dir.clone(),
-            self.config.clone(),
-            self.shared.clone(),
-        )
+        seal::Sealer::new(self.storage.clone(), self.dir.clone(), self.config.clone(), self.shared.clone())
     }
 
     /// Seals every rolled, not yet sealed segment.
@@ -331,14 +272,15 @@ impl Log {
         self.sealer().seal_pending(self.active.view.first)
     }
 
-    /// Flushes nothing (every append is already durable), seals every segment
-    /// including a non-empty active one, and leaves a log that opens cleanly.
-    pub fn close(mut self) -> Result<(), LogError> {
+    /// Seals every segment, the active one too if it holds records, and
+    /// leaves a log that opens cleanly. Every append is already durable, so
+    /// there is nothing to flush; an empty active segment is left as it is.
+    pub fn close(self) -> Result<(), LogError> {
         if self.failed.is_some() {
             return Ok(());
         }
-        self.roll()?;
-        self.seal_pending()?;
+        let until = if self.active.view.tail().blocks.is_empty() { self.active.view.first } else { Offset(u64::MAX) };
+        self.sealer().seal_pending(until)?;
         Ok(())
     }
 }

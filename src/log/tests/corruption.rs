@@ -21,19 +21,12 @@ struct Archive {
 
 fn archive() -> Archive {
     let storage = MemStorage::new();
-    let config = LogConfig {
-        segment_max_bytes: 16 << 10,
-        sealed_block_bytes: 4096,
-        ..small_config()
-    };
+    let config = LogConfig { segment_max_bytes: 16 << 10, sealed_block_bytes: 4096, ..small_config() };
     let mut log = open(&storage, &config).expect("open");
     let mut records = Vec::new();
     for i in 0..120u64 {
-        let mut batch: Vec<Record> = (0..4)
-            .map(|j| record(i * 4 + j, 200 + (j as usize) * 50))
-            .collect();
-        log.append(std::slice::from_mut(&mut batch))
-            .expect("append");
+        let mut batch: Vec<Record> = (0..4).map(|j| record(i * 4 + j, 200 + (j as usize) * 50)).collect();
+        log.append(std::slice::from_mut(&mut batch)).expect("append");
         records.extend(batch);
     }
     log.close().expect("close");
@@ -45,17 +38,8 @@ fn archive() -> Archive {
         .filter(|n| matches!(segment::parse_name(n), Some((_, FileKind::Sealed))))
         .map(|n| dir.join(n))
         .collect();
-    assert!(
-        sealed.len() >= 2,
-        "want several sealed segments, got {}",
-        sealed.len()
-    );
-    Archive {
-        storage,
-        config,
-        records,
-        sealed,
-    }
+    assert!(sealed.len() >= 2, "want several sealed segments, got {}", sealed.len());
+    Archive { storage, config, records, sealed }
 }
 
 use crate::log::io::Storage;
@@ -75,11 +59,7 @@ impl Archive {
             return false;
         }
         let report = verify_dir(&s, Path::new(DIR), &mut |_| {}).expect("verify runs");
-        assert!(
-            report.problem.is_some(),
-            "verify missed: {what} in {}",
-            path.display()
-        );
+        assert!(report.problem.is_some(), "verify missed: {what} in {}", path.display());
         self.reads_are_right_or_fail(&s);
         true
     }
@@ -90,10 +70,7 @@ impl Archive {
         };
         for item in reader.iter_from(Offset(0)) {
             match item {
-                Ok((o, r)) => assert_eq!(
-                    &r, &self.records[o.0 as usize],
-                    "wrong data returned at offset {o}"
-                ),
+                Ok((o, r)) => assert_eq!(&r, &self.records[o.0 as usize], "wrong data returned at offset {o}"),
                 Err(_) => break,
             }
         }
@@ -121,9 +98,7 @@ fn bit_flips_are_always_detected() {
     for path in &a.sealed {
         let len = file_bytes(&a.storage, path).len();
         for pos in (0..len).step_by(11) {
-            trials += usize::from(a.check(path, &format!("bit flip at byte {pos}"), |b| {
-                b[pos] ^= 1 << (pos % 8)
-            }));
+            trials += usize::from(a.check(path, &format!("bit flip at byte {pos}"), |b| b[pos] ^= 1 << (pos % 8)));
         }
     }
     assert!(trials > 1000, "{trials} trials");
@@ -135,9 +110,7 @@ fn truncations_are_always_detected() {
     for path in &a.sealed {
         let len = file_bytes(&a.storage, path).len();
         for cut in (0..len).step_by(97).chain([len - 1, len - 64, 64]) {
-            a.check(path, &format!("truncation to {cut} bytes"), |b| {
-                b.truncate(cut)
-            });
+            a.check(path, &format!("truncation to {cut} bytes"), |b| b.truncate(cut));
         }
     }
 }
@@ -148,9 +121,7 @@ fn zeroed_pages_are_always_detected() {
     for path in &a.sealed {
         let len = file_bytes(&a.storage, path).len();
         for page in (0..len).step_by(4096) {
-            a.check(path, &format!("zeroed page at {page}"), |b| {
-                b[page..(page + 4096).min(len)].fill(0)
-            });
+            a.check(path, &format!("zeroed page at {page}"), |b| b[page..(page + 4096).min(len)].fill(0));
         }
     }
 }
@@ -164,19 +135,12 @@ fn swapped_blocks_are_always_detected() {
         let mut bounds: Vec<u64> = footer.blocks.iter().map(|b| b.pos).collect();
         bounds.push(footer.index_pos);
         for i in 0..footer.blocks.len().saturating_sub(1) {
-            let (x, y, z) = (
-                bounds[i] as usize,
-                bounds[i + 1] as usize,
-                bounds[i + 2] as usize,
-            );
-            swaps +=
-                usize::from(
-                    a.check(path, &format!("blocks {i} and {} swapped", i + 1), |b| {
-                        let mut swapped = b[y..z].to_vec();
-                        swapped.extend_from_slice(&b[x..y]);
-                        b[x..z].copy_from_slice(&swapped);
-                    }),
-                );
+            let (x, y, z) = (bounds[i] as usize, bounds[i + 1] as usize, bounds[i + 2] as usize);
+            swaps += usize::from(a.check(path, &format!("blocks {i} and {} swapped", i + 1), |b| {
+                let mut swapped = b[y..z].to_vec();
+                swapped.extend_from_slice(&b[x..y]);
+                b[x..z].copy_from_slice(&swapped);
+            }));
         }
     }
     assert!(swaps >= 2, "{swaps} swaps");
@@ -189,19 +153,13 @@ fn a_missing_segment_is_detected() {
     s.remove(&a.sealed[0]).expect("remove");
     let report = verify_dir(&s, Path::new(DIR), &mut |_| {}).expect("verify runs");
     assert!(report.problem.expect("a problem").what.contains("missing"));
-    assert!(
-        open(&s, &a.config).is_err(),
-        "the writer must not open a log with a hole"
-    );
+    assert!(open(&s, &a.config).is_err(), "the writer must not open a log with a hole");
 }
 
 #[test]
 fn damage_in_the_middle_of_the_active_segment_stops_the_open() {
     let storage = MemStorage::new();
-    let config = LogConfig {
-        segment_max_bytes: 1 << 20,
-        ..small_config()
-    };
+    let config = LogConfig { segment_max_bytes: 1 << 20, ..small_config() };
     let mut log = open(&storage, &config).expect("open");
     for i in 0..5 {
         log.append(&mut [vec![record(i, 100)]]).expect("append");
@@ -211,10 +169,7 @@ fn damage_in_the_middle_of_the_active_segment_stops_the_open() {
     storage.modify(&active, |b| b[200] ^= 0x10).expect("modify");
     let err = open(&storage, &config).expect_err("must refuse");
     let msg = err.to_string();
-    assert!(
-        msg.contains(".seg.partial") && msg.contains("at byte"),
-        "{msg}"
-    );
+    assert!(msg.contains(".seg.partial") && msg.contains("at byte"), "{msg}");
 }
 
 #[test]
@@ -227,10 +182,7 @@ fn strict_recovery_refuses_a_torn_tail() {
     assert!(log.append(&mut [vec![record(2, 100)]]).is_err());
     drop(log);
     storage.crash(|n| n / 2);
-    let strict = LogConfig {
-        recovery: crate::log::RecoveryMode::Strict,
-        ..config.clone()
-    };
+    let strict = LogConfig { recovery: crate::log::RecoveryMode::Strict, ..config.clone() };
     let err = open(&storage, &strict).expect_err("strict refuses");
     assert!(err.to_string().contains("torn tail"), "{err}");
     let log = open(&storage, &config).expect("the default mode cuts the torn tail");

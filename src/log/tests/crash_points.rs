@@ -12,16 +12,10 @@ use super::*;
 use crate::log::verify::verify_dir;
 
 /// Appends, rolls and seals as a server would; returns what was acknowledged.
-fn scenario(
-    storage: &MemStorage,
-    config: &LogConfig,
-    acked: &mut Vec<Record>,
-) -> Result<(), LogError> {
+fn scenario(storage: &MemStorage, config: &LogConfig, acked: &mut Vec<Record>) -> Result<(), LogError> {
     let mut log = open(storage, config)?;
     for i in 0..24u64 {
-        let mut batch: Vec<Record> = (0..3)
-            .map(|j| record(i * 3 + j, 150 + (i as usize * 37) % 400))
-            .collect();
+        let mut batch: Vec<Record> = (0..3).map(|j| record(i * 3 + j, 150 + (i as usize * 37) % 400)).collect();
         log.append(std::slice::from_mut(&mut batch))?;
         acked.extend(batch);
         if i % 7 == 6 {
@@ -46,8 +40,7 @@ fn every_crash_point_recovers_every_acknowledged_record() {
         }
         points += 1;
         storage.crash(|n| n * (k as usize % 3) / 2);
-        let log = open(&storage, &config)
-            .unwrap_or_else(|e| panic!("crash at operation {k}: reopen failed: {e}"));
+        let log = open(&storage, &config).unwrap_or_else(|e| panic!("crash at operation {k}: reopen failed: {e}"));
         let head = log.head().0 as usize;
         assert!(
             head >= acked.len() && head <= acked.len() + 3,
@@ -61,8 +54,7 @@ fn every_crash_point_recovers_every_acknowledged_record() {
                 .unwrap_or_else(|e| panic!("crash at operation {k}: offset {i}: {e}"));
             assert_eq!(&got, want, "crash at operation {k}: offset {i}");
         }
-        log.close()
-            .unwrap_or_else(|e| panic!("crash at operation {k}: close after recovery: {e}"));
+        log.close().unwrap_or_else(|e| panic!("crash at operation {k}: close after recovery: {e}"));
         let report = verify_dir(&storage, Path::new(DIR), &mut |_| {}).expect("verify runs");
         assert_eq!(report.problem, None, "crash at operation {k}");
         assert_eq!(report.records as usize, head);

@@ -8,9 +8,7 @@ mod model;
 use std::path::Path;
 use std::sync::Arc;
 
-use verbatim_schema::{
-    ConversationId, Direction, Event, EventTime, Record, RecordFlags, SiteId, SourceId, UnixNanos,
-};
+use verbatim_schema::{ConversationId, Direction, Event, EventTime, Record, RecordFlags, SiteId, SourceId, UnixNanos};
 
 use super::io::MemStorage;
 use super::{Log, LogConfig, LogError, LogReader};
@@ -54,7 +52,7 @@ pub(super) fn record(n: u64, body_len: usize) -> Record {
     Record {
         received_at: UnixNanos(0),
         site: SiteId::new("local"),
-        conversation_id: (n % 3 == 0).then_some(ConversationId(n / 3)),
+        conversation_id: n.is_multiple_of(3).then_some(ConversationId(n / 3)),
         flags: RecordFlags::default(),
         event: Event {
             source: SourceId::new(format!("proxy-{}", n % 4)),
@@ -67,7 +65,7 @@ pub(super) fn record(n: u64, body_len: usize) -> Record {
             },
             from: format!("user{}", n % 17),
             to: vec![format!("user{}", (n + 1) % 17)],
-            channel: (n % 5 == 0).then(|| "#desk".to_string()),
+            channel: n.is_multiple_of(5).then(|| "#desk".to_string()),
             body,
             direction: Some(Direction::Internal),
             attrs: [("k".to_string(), n.to_string())].into(),
@@ -78,10 +76,7 @@ pub(super) fn record(n: u64, body_len: usize) -> Record {
 /// Asserts that the log holds exactly `model`, by offset and by iteration.
 pub(super) fn assert_holds(reader: &LogReader, model: &[Record]) {
     assert_eq!(reader.head().0, model.len() as u64, "head");
-    let all: Vec<Record> = reader
-        .iter_from(verbatim_schema::Offset(0))
-        .map(|r| r.expect("iterating").1)
-        .collect();
+    let all: Vec<Record> = reader.iter_from(verbatim_schema::Offset(0)).map(|r| r.expect("iterating").1).collect();
     assert_eq!(all.len(), model.len());
     for (i, (got, want)) in all.iter().zip(model).enumerate() {
         assert_eq!(got, want, "record {i}");

@@ -54,10 +54,7 @@ fn crash_and_reconcile(
         uncertain.len()
     );
     for (i, want) in uncertain.iter().enumerate().take(head - model.len()) {
-        let got = log
-            .reader()
-            .get(Offset((model.len() + i) as u64))
-            .expect("read unacknowledged survivor");
+        let got = log.reader().get(Offset((model.len() + i) as u64)).expect("read unacknowledged survivor");
         assert_eq!(got.event, want.event);
     }
     for i in model.len()..head {
@@ -86,34 +83,19 @@ fn run(ops: Vec<Op>) {
                     Ok((ranges, _)) => {
                         assert_eq!(
                             ranges,
-                            vec![
-                                Offset(model.len() as u64)
-                                    ..Offset((model.len() + batch.len()) as u64)
-                            ]
+                            vec![Offset(model.len() as u64)..Offset((model.len() + batch.len()) as u64)]
                         );
                         model.extend(batch);
                     }
                     Err(e) => {
-                        assert!(
-                            log.failure().is_some(),
-                            "an append failed without stopping the writer: {e}"
-                        );
+                        assert!(log.failure().is_some(), "an append failed without stopping the writer: {e}");
                         let mut more = vec![record(0, 1)];
                         assert!(
-                            matches!(
-                                log.append(std::slice::from_mut(&mut more)),
-                                Err(LogError::Failed(_))
-                            ),
+                            matches!(log.append(std::slice::from_mut(&mut more)), Err(LogError::Failed(_))),
                             "a failed writer accepted more"
                         );
                         drop(log);
-                        log = crash_and_reconcile(
-                            &storage,
-                            &config,
-                            (n % 256) as u8,
-                            &mut model,
-                            &batch,
-                        );
+                        log = crash_and_reconcile(&storage, &config, (n % 256) as u8, &mut model, &batch);
                     }
                 }
                 storage.clear_faults();
@@ -125,11 +107,8 @@ fn run(ops: Vec<Op>) {
             Op::Get(_) => assert!(log.reader().get(Offset(0)).is_err()),
             Op::IterFrom(i) => {
                 let from = usize::from(i) % (model.len() + 1);
-                let got: Vec<Record> = log
-                    .reader()
-                    .iter_from(Offset(from as u64))
-                    .map(|r| r.expect("iter").1)
-                    .collect();
+                let got: Vec<Record> =
+                    log.reader().iter_from(Offset(from as u64)).map(|r| r.expect("iter").1).collect();
                 assert_eq!(&got[..], &model[from..]);
             }
             Op::Roll => {

@@ -1,0 +1,61 @@
+//! `verbatim serve` end to end: zero-config start on loopback, health and
+//! metrics, the data-directory lock, and a clean stop on SIGTERM.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn serves_health_and_metrics_holds_the_lock_and_stops_cleanly() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    // Some history first, so the server opens an existing log.
+    let file = tmp.path().join("in.ndjson");
+    let line = r#"{"source":"s","seq":1,"network":"xmpp","kind":"message","ts":"2026-11-22T10:00:00Z","from":"a@example.com","to":["b@example.com"],"body":"hello"}"#;
+    std::fs::write(&file, format!("{line}\n")).expect("write");
+    assert!(run(&data, &["import", file.to_str().expect("path")]).status.success());
+
+    let server = Server::start(&data);
+    assert!(server.addr.ip().is_loopback());
+    let (status, body) = server.get("/healthz").expect("healthz");
+    assert_eq!(status, 200);
+    let health: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(health["log_head"], 1);
+
+    let (status, metrics) = server.get("/metrics").expect("metrics");
+    assert_eq!(status, 200);
+    for name in [
+        "verbatim_log_events_appended_total",
+        "verbatim_log_fsync_seconds_bucket",
+        "verbatim_log_block_bytes_bucket",
+        "verbatim_log_queue_depth",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics:\n{metrics}");
+    }
+    assert_eq!(server.get("/nope").expect("404").0, 404);
+
+    let out = run(&data, &["import", file.to_str().expect("path")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("in use"), "{}", stderr(&out));
+
+    let (status, err) = server.stop();
+    assert!(status.success(), "server exit {status}: {err}");
+    assert!(err.contains("stopped cleanly"), "{err}");
+    let files = segment_files(&data);
+    assert!(files.iter().all(|f| !f.ends_with(".tmp")), "{files:?}");
+    assert!(run(&data, &["verify"]).status.success());
+}
+
+#[test]
+fn zero_config_uses_the_documented_defaults() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(bin())
+        .current_dir(tmp.path())
+        .args(["stats"])
+        .env_remove("VERBATIM_DATA_DIR")
+        .output()
+        .expect("run");
+    // No archive yet: the error names the default data directory.
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("verbatim-data/log"), "{}", stderr(&out));
+}
