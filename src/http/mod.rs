@@ -28,7 +28,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 async fn healthz(State(s): State<Arc<AppState>>) -> Response {
     let head = s.log.reader().head().0;
     if s.metrics.log.writer_failed.get() != 0 {
-        let body = json!({"status": "failing", "detail": "the log writer stopped after an I/O failure; restart to recover", "log_head": head});
+        let body = json!({"status": "failing", "detail": "the log writer stopped after an I/O failure and is restarting from the log", "log_head": head});
         return (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "30")], Json(body)).into_response();
     }
     Json(json!({"status": "ok", "log_head": head})).into_response()

@@ -7,7 +7,7 @@ use std::ops::Range;
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 use tracing::{error, warn};
@@ -37,7 +37,8 @@ enum Msg {
     Close(oneshot::Sender<Result<(), String>>),
 }
 
-/// How often an idle writer checks whether the active segment is old enough to roll.
+/// How often an idle writer checks whether the active segment is old enough
+/// to roll, and how often a stopped writer tries to restart from the log.
 const IDLE_TICK: Duration = Duration::from_secs(1);
 
 /// Sends batches to the writer thread. Cloneable.
@@ -164,7 +165,17 @@ fn writer_loop(mut log: Log, rx: mpsc::Receiver<Msg>, m: Arc<LogMetrics>) {
         .expect("spawning the log sealer thread");
     let limit = log.config().max_block_bytes / 2;
     let mut closing = None;
+    let mut last_recovery = Instant::now();
     while closing.is_none() {
+        if log.failure().is_some() && last_recovery.elapsed() >= IDLE_TICK {
+            last_recovery = Instant::now();
+            match log.recover() {
+                Ok(()) => {
+                    m.writer_failed.set(0);
+                }
+                Err(e) => warn!("log writer still stopped: {e}"),
+            }
+        }
         let first = match rx.recv_timeout(IDLE_TICK) {
             Ok(msg) => msg,
             Err(RecvTimeoutError::Timeout) => {
@@ -208,5 +219,74 @@ fn writer_loop(mut log: Log, rx: mpsc::Receiver<Msg>, m: Arc<LogMetrics>) {
     }
     if let Some(reply) = closing {
         let _ = reply.send(result);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::log::io::MemStorage;
+    use crate::log::tests::{record, small_config};
+
+    #[tokio::test]
+    async fn a_failed_fsync_is_refused_then_the_writer_restarts_from_the_log() {
+        let storage = MemStorage::new();
+        let log = Log::open(Arc::new(storage.clone()), Path::new("/data/log"), small_config()).expect("open");
+        let metrics = Arc::new(LogMetrics::default());
+        let (handle, thread) = LogHandle::start(log, metrics.clone());
+        assert_eq!(handle.append(vec![record(1, 50)]).await.expect("first"), Offset(0)..Offset(1));
+
+        storage.fail_sync_after(0);
+        let err = handle.append(vec![record(2, 50), record(3, 50)]).await.expect_err("the fsync failed");
+        assert!(matches!(err, AppendError::Unavailable(_)), "{err:?}");
+        assert_eq!(metrics.writer_failed.get(), 1);
+        assert_eq!(handle.reader().head(), Offset(1), "nothing of the failed batch is visible");
+
+        // The same batch retried: refused while stopped, stored once after the restart.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let range = loop {
+            match handle.append(vec![record(2, 50), record(3, 50)]).await {
+                Ok(r) => break r,
+                Err(AppendError::Unavailable(_)) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("writer did not restart: {e}"),
+            }
+        };
+        assert_eq!(range, Offset(1)..Offset(3), "the failed block was dropped, not kept");
+        assert_eq!(metrics.writer_failed.get(), 0);
+        assert_eq!(handle.reader().get(Offset(2)).expect("read").event.seq, 3);
+        handle.close().await.expect("close");
+        thread.join().expect("writer thread");
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_is_refused_at_once() {
+        let storage = MemStorage::new();
+        let config = crate::log::LogConfig { queue_depth: 1, ..small_config() };
+        let log = Log::open(Arc::new(storage.clone()), Path::new("/data/log"), config).expect("open");
+        let (handle, _thread) = LogHandle::start(log, Arc::new(LogMetrics::default()));
+        // Many appenders at once against a queue of one: some must be told to back off,
+        // and every one that was accepted is durable.
+        let tasks: Vec<_> = (0..200)
+            .map(|i| {
+                let h = handle.clone();
+                tokio::spawn(async move { h.append(vec![record(i, 2000)]).await })
+            })
+            .collect();
+        let mut accepted = 0;
+        let mut full = 0;
+        for t in tasks {
+            match t.await.expect("task") {
+                Ok(_) => accepted += 1,
+                Err(AppendError::QueueFull) => full += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(full > 0, "a queue of one never filled");
+        assert_eq!(handle.reader().head().0, accepted);
+        handle.close().await.expect("close");
     }
 }

@@ -157,6 +157,37 @@ impl Log {
         self.failed.as_deref()
     }
 
+    /// Restarts a stopped writer from the log: cuts the active segment back
+    /// to the end of its last acknowledged block, makes that durable, removes
+    /// what a failed roll left behind, and accepts appends again. The block
+    /// whose write or fsync failed is not trusted, whatever the page cache
+    /// now says: it is dropped, and its appenders (told it failed) retry.
+    /// On error the writer stays stopped and this may be tried again later.
+    pub fn recover(&mut self) -> Result<(), LogError> {
+        if self.failed.is_none() {
+            return Ok(());
+        }
+        let path = self.active.view.path.clone();
+        let acked = self.active.view.tail().data_end;
+        self.storage.truncate(&path, acked).map_err(io_err("truncate", &path))?;
+        let mut removed = false;
+        for name in self.storage.list(&self.dir).map_err(io_err("list", &self.dir))? {
+            if segment::parse_name(&name).is_some_and(|(first, _)| first > self.active.view.first) {
+                let stray = self.dir.join(name);
+                self.storage.remove(&stray).map_err(io_err("remove", &stray))?;
+                removed = true;
+            }
+        }
+        if removed {
+            self.storage.sync_dir(&self.dir).map_err(io_err("sync", &self.dir))?;
+        }
+        self.active.file = self.storage.open_append(&path).map_err(io_err("open", &path))?;
+        self.active.size = acked;
+        info!(segment = %path.display(), at = acked, "log writer restarted from the last acknowledged block");
+        self.failed = None;
+        Ok(())
+    }
+
     /// Appends batches as one block: stamps `received_at` (monotonic) and the
     /// time-plausibility flags, writes, fsyncs. Returns each batch's offsets.
     /// On error nothing is acknowledged and, unless the batches were refused
