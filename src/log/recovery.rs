@@ -12,7 +12,7 @@ use verbatim_schema::Offset;
 
 use super::chain::ChainHash;
 use super::io::Storage;
-use super::segment::{self, BlockReadError, FileKind, Footer, SegmentHeader, HEADER_SIZE};
+use super::segment::{self, FileKind, Footer, SegmentHeader, HEADER_SIZE};
 use super::{io_err, LogConfig, LogError, RecoveryMode, SegmentTail, SegmentView};
 
 /// The segments of a log directory as found, oldest first.
@@ -125,13 +125,7 @@ pub fn open_segments(storage: &dyn Storage, dir: &Path, config: &LogConfig, repa
             _ => {
                 let scan = segment::scan(&*file, first, len);
                 if let Some(stop) = &scan.stop {
-                    let torn = match &stop.error {
-                        BlockReadError::Incomplete => true,
-                        BlockReadError::Frame(
-                            super::frame::FrameError::Magic | super::frame::FrameError::HeaderCrc,
-                        ) => !segment::valid_block_after(&*file, stop.pos, len),
-                        _ => false,
-                    };
+                    let torn = segment::is_torn_tail(&*file, stop.pos, &stop.error, len);
                     if !(torn && is_last && config.recovery == RecoveryMode::TruncateTornTail) {
                         let what = if torn && is_last {
                             format!("{} (a torn tail; recovery mode is strict)", stop.error)

@@ -281,6 +281,19 @@ pub fn scan(file: &dyn ReadAt, first: Offset, end: u64) -> Scan {
     Scan { blocks, end_pos: pos, stop: None }
 }
 
+/// Whether a bad block at `pos` is what a crash mid-append leaves: the file
+/// ends inside it, or its header is not a valid header and no valid block
+/// follows. Anything else (a complete block whose bytes changed, a bad header
+/// with good blocks after it) is damage. Only the last block of the active
+/// segment can be torn, since every earlier one was synced before the next.
+pub fn is_torn_tail(file: &dyn ReadAt, pos: u64, error: &BlockReadError, end: u64) -> bool {
+    match error {
+        BlockReadError::Incomplete => true,
+        BlockReadError::Frame(FrameError::Magic | FrameError::HeaderCrc) => !valid_block_after(file, pos, end),
+        _ => false,
+    }
+}
+
 /// Whether any complete, checksum-valid block starts in `(from, end)`: after a
 /// bad block, that tells damage in the middle from a torn tail.
 pub fn valid_block_after(file: &dyn ReadAt, from: u64, end: u64) -> bool {

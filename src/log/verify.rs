@@ -10,7 +10,7 @@ use verbatim_schema::{decode_record, Offset};
 
 use super::chain::ChainHash;
 use super::io::Storage;
-use super::segment::{self, BlockEntry, BlockReadError, FileKind, Footer, SegmentHeader, HEADER_SIZE};
+use super::segment::{self, BlockEntry, FileKind, Footer, SegmentHeader, HEADER_SIZE};
 use super::{frame, io_err, LogError};
 
 /// The first problem found.
@@ -119,11 +119,7 @@ impl Walk<'_> {
             let (h, raw) = match segment::read_block(&*file, pos, end) {
                 Ok(b) => b,
                 Err(e) => {
-                    let torn = matches!(e, BlockReadError::Incomplete)
-                        || (matches!(
-                            e,
-                            BlockReadError::Frame(frame::FrameError::Magic | frame::FrameError::HeaderCrc)
-                        ) && !segment::valid_block_after(&*file, pos, end));
+                    let torn = segment::is_torn_tail(&*file, pos, &e, end);
                     if torn && is_last && footer.is_none() {
                         self.report.torn_tail = Some(Problem {
                             path: path.to_owned(),
