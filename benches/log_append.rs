@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use verbatim::log::io::FsStorage;
-use verbatim::log::{Log, LogConfig, LogHandle};
+use verbatim::log::{Log, LogConfig, LogHandle, PassThrough};
 use verbatim::metrics::LogMetrics;
 use verbatim_schema::{parse_ndjson, Limits, Record, RecordFlags, SiteId, UnixNanos};
 
@@ -136,7 +136,7 @@ async fn close(handle: LogHandle, dir: &Path) -> anyhow::Result<(u64, u64)> {
 fn start(dir: &Path, level: i32) -> anyhow::Result<LogHandle> {
     let config = LogConfig { compression_level: level, ..LogConfig::default() };
     let log = Log::open(Arc::new(FsStorage), dir, config)?;
-    Ok(LogHandle::start(log, Arc::new(LogMetrics::default())).0)
+    Ok(LogHandle::start(log, Box::new(PassThrough), Arc::new(LogMetrics::default())).0)
 }
 
 /// Closed loop: `appenders` tasks, each appending its share in `batch`-sized batches.

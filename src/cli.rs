@@ -51,6 +51,30 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Create, list and revoke access tokens (works with or without a running server).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print it alone on stdout (it is shown only once).
+    Create {
+        #[arg(long, value_enum)]
+        role: crate::auth::Role,
+        /// For ingest tokens: source ids it may write, comma-separated patterns (`proxy-*`).
+        #[arg(long, value_delimiter = ',')]
+        sources: Vec<String>,
+        /// For replica tokens: the site it ships.
+        #[arg(long)]
+        site: Option<String>,
+    },
+    /// List tokens (ids and roles, never the tokens themselves).
+    List,
+    /// Revoke a token by its id.
+    Revoke { id: String },
 }
 
 /// Runs the command line; `main.rs` calls only this.
@@ -107,21 +131,57 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             rt.block_on(crate::server::serve(config))?;
         }
         Command::Import { file } => {
-            let _lock = config.data().lock()?;
+            let data = config.data();
+            let _lock = data.lock()?;
             let mut log = Log::open(Arc::new(FsStorage), &log_dir, config.log_config()).context("opening the log")?;
+            let state = crate::state::StateDb::open(&data.state())?;
+            let mut seq = crate::ingest::IngestSequencer::open(state, config.sessions.clone(), &log.reader())?;
             let bar = progress_bar(0, "importing");
-            let done = crate::import::import_file(&mut log, &file, &config.limits, &config.site_id(), |n| {
+            let done = crate::import::import_file(&mut log, &mut seq, &file, &config.limits, &config.site_id(), |n| {
                 bar.set_position(n)
             })?;
             bar.finish_and_clear();
             log.close()?;
-            println!("imported {} events at offsets {}..{}", done.events, done.first, done.end);
+            println!(
+                "imported {} events ({} new, {} already stored); log head {}",
+                done.events, done.new, done.duplicates, done.end
+            );
         }
+        Command::Token { command } => token(&config, command)?,
         Command::Verify => return verify(&log_dir),
         Command::Dump { from, limit } => dump(&config, &log_dir, Offset(from), limit)?,
         Command::Stats { json } => stats(&config, &log_dir, json)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn token(config: &Config, command: TokenCommand) -> anyhow::Result<()> {
+    let data = config.data();
+    std::fs::create_dir_all(data.root()).with_context(|| format!("creating {}", data.root().display()))?;
+    let store = crate::auth::TokenStore::new(&data);
+    match command {
+        TokenCommand::Create { role, sources, site } => {
+            let (token, _) = store.create(role, sources, site)?;
+            println!("{token}");
+        }
+        TokenCommand::List => {
+            println!("{:<14} {:<8} {:<26} {:<10} SCOPE", "ID", "ROLE", "CREATED", "STATUS");
+            for t in store.list()? {
+                let scope = if !t.sources.is_empty() {
+                    format!("sources {}", t.sources.join(","))
+                } else {
+                    t.site.map(|s| format!("site {s}")).unwrap_or_default()
+                };
+                let status = if t.revoked_at.is_some() { "revoked" } else { "active" };
+                println!("{:<14} {:<8} {:<26} {:<10} {}", t.id, t.role.as_str(), t.created_at, status, scope);
+            }
+        }
+        TokenCommand::Revoke { id } => {
+            store.revoke(&id)?;
+            println!("revoked {id}");
+        }
+    }
+    Ok(())
 }
 
 fn require_log(dir: &Path) -> anyhow::Result<()> {

@@ -22,6 +22,33 @@ pub struct Config {
     pub log: LogConfig,
     /// Limits on each event.
     pub limits: Limits,
+    pub ingest: IngestConfig,
+    pub sessions: crate::ingest::SessionConfig,
+}
+
+/// Bytes a record's encoding may need beyond the strings of its JSON: the
+/// site (at most 64) and 16 varints of at most ten bytes.
+const PER_EVENT_OVERHEAD: usize = 224;
+
+/// Limits of `POST /v1/events` (`[ingest]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Largest request body as sent (compressed or not); larger is 413 before
+    /// more than this is read.
+    pub max_body_bytes: usize,
+    /// Largest body after `Content-Encoding: gzip|zstd` is undone.
+    pub max_decoded_bytes: usize,
+    /// Most events in one batch.
+    pub max_batch_events: usize,
+    /// `Retry-After` seconds on 429 and 503.
+    pub retry_after_secs: u64,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self { max_body_bytes: 16 << 20, max_decoded_bytes: 24 << 20, max_batch_events: 10_000, retry_after_secs: 1 }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,6 +73,8 @@ impl Default for Config {
             site: SiteConfig::default(),
             log: LogConfig::default(),
             limits: Limits::default(),
+            ingest: IngestConfig::default(),
+            sessions: crate::ingest::SessionConfig::default(),
         }
     }
 }
@@ -115,6 +144,20 @@ impl Config {
             cap / 2
         );
         anyhow::ensure!(l.queue_depth >= 1, "log.queue_depth must be at least 1");
+        let i = &self.ingest;
+        anyhow::ensure!(
+            i.max_body_bytes >= 1024 && i.max_decoded_bytes >= i.max_body_bytes,
+            "ingest.max_decoded_bytes must be at least ingest.max_body_bytes (and that at least 1024)"
+        );
+        anyhow::ensure!(i.max_batch_events >= 1, "ingest.max_batch_events must be at least 1");
+        // A record's encoding is bounded by its strings (never more than the
+        // JSON that carried them), the site, and ten bytes per varint.
+        let worst = i.max_decoded_bytes + i.max_batch_events * PER_EVENT_OVERHEAD;
+        anyhow::ensure!(
+            worst <= l.max_block_bytes,
+            "ingest.max_decoded_bytes + ingest.max_batch_events x {PER_EVENT_OVERHEAD} ({worst}) must not exceed log.max_block_bytes ({}), so that every accepted batch fits in one block",
+            l.max_block_bytes
+        );
         Ok(())
     }
 

@@ -9,6 +9,7 @@ use std::path::Path;
 use anyhow::Context;
 use verbatim_schema::{parse_ndjson, Limits, Offset, Record, RecordFlags, SiteId, UnixNanos};
 
+use crate::log::sequencer::{write_group, AppendError, Appended, Sequencer};
 use crate::log::Log;
 
 /// Events per appended batch.
@@ -18,6 +19,10 @@ pub const BATCH: usize = 1_000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Imported {
     pub events: u64,
+    /// Events that were not in the archive yet.
+    pub new: u64,
+    /// Events already stored with the same content (by `(source, seq)`).
+    pub duplicates: u64,
     pub first: Offset,
     pub end: Offset,
 }
@@ -62,6 +67,7 @@ fn for_each_batch(
 /// number of events appended so far.
 pub fn import_file(
     log: &mut Log,
+    seq: &mut dyn Sequencer,
     path: &Path,
     limits: &Limits,
     site: &SiteId,
@@ -70,6 +76,7 @@ pub fn import_file(
     let total = for_each_batch(path, limits, |_| Ok(()))?;
     let first = log.head();
     let mut done = 0;
+    let mut duplicates = 0;
     for_each_batch(path, limits, |events| {
         let mut batch: Vec<Record> = events
             .into_iter()
@@ -81,11 +88,23 @@ pub fn import_file(
                 event,
             })
             .collect();
-        done += batch.len() as u64;
-        log.append(std::slice::from_mut(&mut batch))?;
+        let n = batch.len() as u64;
+        let result = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let slot = result.clone();
+        write_group(
+            log,
+            seq,
+            vec![(std::mem::take(&mut batch), Box::new(move |r| *slot.lock().expect("slot") = Some(r)))],
+        );
+        let outcome: Result<Appended, AppendError> =
+            result.lock().expect("slot").take().unwrap_or_else(|| Err(AppendError::Unavailable("no answer".into())));
+        let appended =
+            outcome.map_err(|e| anyhow::anyhow!("{}: events {}..{}: {e}", path.display(), done + 1, done + n))?;
+        duplicates += appended.duplicates.len() as u64;
+        done += n;
         progress(done);
         Ok(())
     })?;
     anyhow::ensure!(done == total, "{} changed while it was imported", path.display());
-    Ok(Imported { events: total, first, end: log.head() })
+    Ok(Imported { events: total, new: total - duplicates, duplicates, first, end: log.head() })
 }

@@ -22,6 +22,26 @@ impl DataDir {
         self.0.join("log")
     }
 
+    /// `<data>/state`: RocksDB, derived from the log.
+    pub fn state(&self) -> PathBuf {
+        self.0.join("state")
+    }
+
+    /// `<data>/tokens.json`: access tokens, as hashes only.
+    pub fn tokens(&self) -> PathBuf {
+        self.0.join("tokens.json")
+    }
+
+    /// `<data>/tokens.lock`: held while the token file is changed.
+    pub fn tokens_lock(&self) -> PathBuf {
+        self.0.join("tokens.lock")
+    }
+
+    /// `<data>/admin.token`: the first admin token, mode 0600.
+    pub fn admin_token(&self) -> PathBuf {
+        self.0.join("admin.token")
+    }
+
     /// `<data>/lock`: held by the one process that may write.
     pub fn lock_file(&self) -> PathBuf {
         self.0.join("lock")
@@ -42,6 +62,25 @@ impl DataDir {
             Err(TryLockError::Error(e)) => Err(anyhow::anyhow!("cannot lock {}: {e}", path.display())),
         }
     }
+}
+
+/// Replaces `path` with `bytes` crash-safely: write a temporary file, fsync
+/// it, rename it over `path`, fsync the directory. A reader sees the old or
+/// the new content, never a mix, and after a crash the same holds. `mode` sets
+/// the file's permissions before anything is written to it.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().ok_or_else(|| std::io::Error::other("path has no directory"))?;
+    let name = path.file_name().ok_or_else(|| std::io::Error::other("path has no file name"))?;
+    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    File::open(dir)?.sync_all()
 }
 
 /// Held while a process writes to a data directory; released on drop or exit.

@@ -1,29 +1,61 @@
-//! `verbatim serve`: open the archive, start the writer, serve HTTP until
-//! SIGTERM or SIGINT, then write what is queued and seal the log.
+//! `verbatim serve`: open the archive, bring the derived state up to date
+//! from the log, start the writer, serve HTTP until SIGTERM or SIGINT, then
+//! write what is queued and seal the log.
 
 use std::sync::Arc;
 
 use anyhow::Context;
 use tracing::info;
 
+use crate::auth::{Role, TokenStore};
 use crate::config::Config;
 use crate::http::{router, AppState};
+use crate::ingest::IngestSequencer;
 use crate::log::io::FsStorage;
 use crate::log::{Log, LogHandle};
 use crate::metrics::Metrics;
+use crate::paths::{write_atomic, DataDir};
+use crate::state::StateDb;
+
+/// On a data directory without any admin token, creates one and writes it
+/// to `<data>/admin.token` (mode 0600). Returns the file if it did.
+pub fn ensure_admin_token(data: &DataDir, tokens: &TokenStore) -> anyhow::Result<Option<std::path::PathBuf>> {
+    if tokens.has_admin()? {
+        return Ok(None);
+    }
+    let (token, _) = tokens.create(Role::Admin, Vec::new(), None)?;
+    let path = data.admin_token();
+    write_atomic(&path, format!("{token}\n").as_bytes(), 0o600)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(Some(path))
+}
 
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let data = config.data();
     let _lock = data.lock()?;
+    let tokens = Arc::new(TokenStore::new(&data));
+    if let Some(path) = ensure_admin_token(&data, &tokens)? {
+        info!("wrote the first admin token to {} (mode 0600)", path.display());
+    }
     let log = Log::open(Arc::new(FsStorage), &data.log(), config.log_config()).context("opening the log")?;
+    let state = StateDb::open(&data.state())?;
+    let sequencer = IngestSequencer::open(state, config.sessions.clone(), &log.reader())
+        .context("bringing the ingest state up to date")?;
     let metrics = Arc::new(Metrics::default());
-    let (handle, writer) = LogHandle::start(log, metrics.log.clone());
-    let state = Arc::new(AppState { log: handle.clone(), metrics });
+    let (handle, writer) = LogHandle::start(log, Box::new(sequencer), metrics.log.clone());
+    let app = Arc::new(AppState {
+        log: handle.clone(),
+        metrics,
+        tokens,
+        limits: config.limits.clone(),
+        ingest: config.ingest.clone(),
+        site: config.site_id(),
+    });
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("binding {}", config.http.listen))?;
     info!(listen = %listener.local_addr()?, data_dir = %data.root().display(), site = %config.site.id, "verbatim serving");
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown_signal()).await?;
+    axum::serve(listener, router(app)).with_graceful_shutdown(shutdown_signal()).await?;
     info!("shutting down: writing queued batches and sealing the log");
     handle.close().await.map_err(|e| anyhow::anyhow!("closing the log: {e}"))?;
     let _ = tokio::task::spawn_blocking(move || writer.join()).await;

@@ -22,7 +22,9 @@ fn serves_health_and_metrics_holds_the_lock_and_stops_cleanly() {
     let health: serde_json::Value = serde_json::from_str(&body).expect("json");
     assert_eq!(health["log_head"], 1);
 
-    let (status, metrics) = server.get("/metrics").expect("metrics");
+    assert_eq!(server.get("/metrics").expect("metrics").0, 401, "metrics need a token");
+    let admin = std::fs::read_to_string(data.join("admin.token")).expect("admin.token");
+    let (status, metrics) = server.get_with("/metrics", admin.trim()).expect("metrics");
     assert_eq!(status, 200);
     for name in [
         "verbatim_log_events_appended_total",

@@ -7,6 +7,9 @@ set -euo pipefail
 # Debian packages the tests use, each with the reason.
 PACKAGES=(
   procps        # kill(1): tests stop the servers they start by PID
+  libclang-dev  # bindgen, for the rocksdb crate's C++ build
+  clang         # bindgen finds the C++ standard headers through it
+  fiu-utils     # fiu-run/fiu-ctrl: make fdatasync fail under the real server
 )
 
 missing=()

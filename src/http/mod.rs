@@ -1,15 +1,28 @@
 //! The HTTP API. The router is built by one function over shared state, so
 //! handlers are tested with `tower::ServiceExt::oneshot` without a socket.
+//! Every route but `/healthz` needs a bearer token.
+
+pub mod auth;
+pub mod error;
+pub mod events;
+
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
+use verbatim_schema::{Limits, SiteId};
 
+use self::auth::Caller;
+use self::error::ApiError;
+use crate::auth::{Role, TokenStore};
+use crate::config::IngestConfig;
 use crate::log::LogHandle;
 use crate::metrics::Metrics;
 
@@ -18,22 +31,33 @@ use crate::metrics::Metrics;
 pub struct AppState {
     pub log: LogHandle,
     pub metrics: Arc<Metrics>,
+    pub tokens: Arc<TokenStore>,
+    pub limits: Limits,
+    pub ingest: IngestConfig,
+    pub site: SiteId,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new().route("/healthz", get(healthz)).route("/metrics", get(metrics)).with_state(state)
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        // The handler applies `ingest.max_body_bytes` itself, with a 413 of its own.
+        .route("/v1/events", post(events::post_events).layer(DefaultBodyLimit::disable()))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
+        .with_state(state)
 }
 
-/// 200 while the log accepts writes; 503 once the writer has stopped.
+/// 200 while the log accepts writes; 503 while the writer is stopped.
 async fn healthz(State(s): State<Arc<AppState>>) -> Response {
     let head = s.log.reader().head().0;
     if s.metrics.log.writer_failed.get() != 0 {
         let body = json!({"status": "failing", "detail": "the log writer stopped after an I/O failure and is restarting from the log", "log_head": head});
-        return (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "30")], Json(body)).into_response();
+        return (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "1")], Json(body)).into_response();
     }
     Json(json!({"status": "ok", "log_head": head})).into_response()
 }
 
-async fn metrics(State(s): State<Arc<AppState>>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], s.metrics.render()).into_response()
+async fn metrics(State(s): State<Arc<AppState>>, caller: Caller) -> Result<Response, ApiError> {
+    caller.require(&[Role::Admin, Role::Auditor])?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], s.metrics.render()).into_response())
 }

@@ -3,7 +3,6 @@
 //! as one block with one fsync, and then completes every appender's ack. A
 //! second thread seals rolled segments so sealing never delays an ack.
 
-use std::ops::Range;
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -14,26 +13,12 @@ use tracing::{error, warn};
 use verbatim_schema::{Offset, Record};
 
 use super::reader::LogReader;
+use super::sequencer::{write_group, AppendError, Appended, Reply, Sequencer};
 use super::writer::Log;
-use super::LogError;
 use crate::metrics::LogMetrics;
 
-/// Why an append was not acknowledged.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum AppendError {
-    /// The queue is full: back off and retry (HTTP 429).
-    #[error("the log writer queue is full")]
-    QueueFull,
-    /// The log cannot make data durable now (HTTP 503).
-    #[error("the log cannot make data durable: {0}")]
-    Unavailable(String),
-    /// The batch can never fit in one block (HTTP 413).
-    #[error("{0}")]
-    TooLarge(String),
-}
-
 enum Msg {
-    Append(Vec<Record>, oneshot::Sender<Result<Range<Offset>, AppendError>>),
+    Append(Vec<Record>, oneshot::Sender<Result<Appended, AppendError>>),
     Close(oneshot::Sender<Result<(), String>>),
 }
 
@@ -50,20 +35,22 @@ pub struct LogHandle {
 }
 
 impl LogHandle {
-    /// Starts the writer and sealer threads over an open log.
-    pub fn start(log: Log, metrics: Arc<LogMetrics>) -> (LogHandle, JoinHandle<()>) {
+    /// Starts the writer and sealer threads over an open log, with
+    /// `sequencer` deciding what each batch appends.
+    pub fn start(log: Log, sequencer: Box<dyn Sequencer>, metrics: Arc<LogMetrics>) -> (LogHandle, JoinHandle<()>) {
         let (tx, rx) = mpsc::sync_channel(log.config().queue_depth.max(1));
         let reader = log.reader();
         let m = metrics.clone();
         let thread = std::thread::Builder::new()
             .name("log-writer".into())
-            .spawn(move || writer_loop(log, rx, m))
+            .spawn(move || writer_loop(log, sequencer, rx, m))
             .expect("spawning the log writer thread");
         (LogHandle { tx, reader, metrics }, thread)
     }
 
-    /// Appends one batch; resolves once it is durable, with its offsets.
-    pub async fn append(&self, records: Vec<Record>) -> Result<Range<Offset>, AppendError> {
+    /// Appends one batch; resolves once it is durable, with what was new and
+    /// what was already in the log.
+    pub async fn append(&self, records: Vec<Record>) -> Result<Appended, AppendError> {
         let (reply, ack) = oneshot::channel();
         match self.tx.try_send(Msg::Append(records, reply)) {
             Ok(()) => self.metrics.queue_depth.inc(),
@@ -91,59 +78,25 @@ impl LogHandle {
     }
 }
 
-fn to_append_error(e: &LogError) -> AppendError {
-    match e {
-        LogError::BatchTooLarge { .. } => AppendError::TooLarge(e.to_string()),
-        _ => AppendError::Unavailable(e.to_string()),
+fn record_stats(m: &LogMetrics, stats: &super::writer::BlockStats) {
+    m.events_appended.inc_by(stats.records);
+    m.raw_bytes_appended.inc_by(stats.raw_bytes);
+    m.stored_bytes_appended.inc_by(stats.stored_bytes);
+    if stats.records > 0 {
+        m.blocks_written.inc();
+        m.block_records.observe(stats.records as f64);
+        m.block_bytes.observe(stats.stored_bytes as f64);
+        m.fsync_seconds.observe(stats.sync_nanos as f64 / 1e9);
     }
 }
 
-type Pending = Vec<(Vec<Record>, oneshot::Sender<Result<Range<Offset>, AppendError>>)>;
-
-fn estimate(records: &[Record]) -> usize {
-    records
-        .iter()
-        .map(|r| 64 + r.event.body.len() + r.event.from.len() + r.event.to.iter().map(String::len).sum::<usize>())
-        .sum()
+fn reply_to(tx: oneshot::Sender<Result<Appended, AppendError>>) -> Reply {
+    Box::new(move |r| {
+        let _ = tx.send(r);
+    })
 }
 
-fn write_pending(log: &mut Log, pending: Pending, m: &LogMetrics) {
-    let (mut batches, replies): (Vec<_>, Vec<_>) = pending.into_iter().unzip();
-    match log.append(&mut batches) {
-        Ok((ranges, stats)) => {
-            m.events_appended.inc_by(stats.records);
-            m.raw_bytes_appended.inc_by(stats.raw_bytes);
-            m.stored_bytes_appended.inc_by(stats.stored_bytes);
-            if stats.records > 0 {
-                m.blocks_written.inc();
-                m.block_records.observe(stats.records as f64);
-                m.block_bytes.observe(stats.stored_bytes as f64);
-                m.fsync_seconds.observe(stats.sync_nanos as f64 / 1e9);
-            }
-            for (reply, range) in replies.into_iter().zip(ranges) {
-                let _ = reply.send(Ok(range));
-            }
-        }
-        Err(LogError::BatchTooLarge { .. }) if batches.len() > 1 => {
-            // Together too large for a block: write them one at a time.
-            for (batch, reply) in batches.into_iter().zip(replies) {
-                write_pending(log, vec![(batch, reply)], m);
-            }
-        }
-        Err(e) => {
-            if log.failure().is_some() {
-                error!("log writer stopped: {e}");
-                m.writer_failed.set(1);
-            }
-            let err = to_append_error(&e);
-            for reply in replies {
-                let _ = reply.send(Err(err.clone()));
-            }
-        }
-    }
-}
-
-fn writer_loop(mut log: Log, rx: mpsc::Receiver<Msg>, m: Arc<LogMetrics>) {
+fn writer_loop(mut log: Log, mut sequencer: Box<dyn Sequencer>, rx: mpsc::Receiver<Msg>, m: Arc<LogMetrics>) {
     let (seal_tx, seal_rx) = mpsc::channel::<Offset>();
     let sealer = log.sealer();
     let sm = m.clone();
@@ -163,7 +116,7 @@ fn writer_loop(mut log: Log, rx: mpsc::Receiver<Msg>, m: Arc<LogMetrics>) {
             }
         })
         .expect("spawning the log sealer thread");
-    let limit = log.config().max_block_bytes / 2;
+    let limit = log.config().max_block_bytes;
     let mut closing = None;
     let mut last_recovery = Instant::now();
     while closing.is_none() {
@@ -186,29 +139,45 @@ fn writer_loop(mut log: Log, rx: mpsc::Receiver<Msg>, m: Arc<LogMetrics>) {
             }
             Err(RecvTimeoutError::Disconnected) => break,
         };
-        let mut pending: Pending = Vec::new();
+        // Gather what is waiting, up to a block's worth by a strict bound on
+        // the encoded size, so that only a single batch can be too large.
+        let mut group = Vec::new();
         let mut bytes = 0;
         let mut msg = Some(first);
+        let mut held = None;
         while let Some(next) = msg.take() {
             match next {
                 Msg::Append(records, reply) => {
                     m.queue_depth.dec();
-                    bytes += estimate(&records);
-                    pending.push((records, reply));
+                    let size: usize = records.iter().map(verbatim_schema::codec::encoded_len_bound).sum();
+                    if !group.is_empty() && bytes + size > limit {
+                        held = Some((records, reply_to(reply)));
+                        break;
+                    }
+                    bytes += size;
+                    group.push((records, reply_to(reply)));
                 }
                 Msg::Close(reply) => closing = Some(reply),
             }
-            if bytes < limit && closing.is_none() {
+            if closing.is_none() {
                 msg = rx.try_recv().ok();
             }
         }
-        let segments_before = log.head();
-        let active_before = log.shared().segments().len();
-        if !pending.is_empty() {
-            write_pending(&mut log, pending, &m);
-        }
-        if log.shared().segments().len() != active_before {
-            let _ = seal_tx.send(segments_before);
+        for group in [group, held.into_iter().collect()] {
+            if group.is_empty() {
+                continue;
+            }
+            let segments = log.shared().segments().len();
+            let rolled_at = log.head();
+            if let Some(stats) = write_group(&mut log, &mut *sequencer, group) {
+                record_stats(&m, &stats);
+            }
+            if log.failure().is_some() {
+                m.writer_failed.set(1);
+            }
+            if log.shared().segments().len() != segments {
+                let _ = seal_tx.send(rolled_at);
+            }
         }
     }
     drop(seal_tx);
@@ -229,19 +198,26 @@ mod tests {
     use super::*;
     use crate::log::io::MemStorage;
     use crate::log::tests::{record, small_config};
+    use crate::log::PassThrough;
+    use verbatim_schema::Offset;
 
     #[tokio::test]
     async fn a_failed_fsync_is_refused_then_the_writer_restarts_from_the_log() {
         let storage = MemStorage::new();
         let log = Log::open(Arc::new(storage.clone()), Path::new("/data/log"), small_config()).expect("open");
         let metrics = Arc::new(LogMetrics::default());
-        let (handle, thread) = LogHandle::start(log, metrics.clone());
-        assert_eq!(handle.append(vec![record(1, 50)]).await.expect("first"), Offset(0)..Offset(1));
+        let (handle, thread) = LogHandle::start(log, Box::new(PassThrough), metrics.clone());
+        assert_eq!(handle.append(vec![record(1, 50)]).await.expect("first").new, Offset(0)..Offset(1));
 
         storage.fail_sync_after(0);
         let err = handle.append(vec![record(2, 50), record(3, 50)]).await.expect_err("the fsync failed");
         assert!(matches!(err, AppendError::Unavailable(_)), "{err:?}");
-        assert_eq!(metrics.writer_failed.get(), 1);
+        // The reply goes out first; the writer thread raises the metric right after.
+        let shown = std::time::Instant::now() + Duration::from_secs(5);
+        while metrics.writer_failed.get() != 1 {
+            assert!(std::time::Instant::now() < shown, "writer_failed never showed the failure");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         assert_eq!(handle.reader().head(), Offset(1), "nothing of the failed batch is visible");
 
         // The same batch retried: refused while stopped, stored once after the restart.
@@ -255,7 +231,7 @@ mod tests {
                 Err(e) => panic!("writer did not restart: {e}"),
             }
         };
-        assert_eq!(range, Offset(1)..Offset(3), "the failed block was dropped, not kept");
+        assert_eq!(range.new, Offset(1)..Offset(3), "the failed block was dropped, not kept");
         assert_eq!(metrics.writer_failed.get(), 0);
         assert_eq!(handle.reader().get(Offset(2)).expect("read").event.seq, 3);
         handle.close().await.expect("close");
@@ -267,7 +243,7 @@ mod tests {
         let storage = MemStorage::new();
         let config = crate::log::LogConfig { queue_depth: 1, ..small_config() };
         let log = Log::open(Arc::new(storage.clone()), Path::new("/data/log"), config).expect("open");
-        let (handle, _thread) = LogHandle::start(log, Arc::new(LogMetrics::default()));
+        let (handle, _thread) = LogHandle::start(log, Box::new(PassThrough), Arc::new(LogMetrics::default()));
         // Many appenders at once against a queue of one: some must be told to back off,
         // and every one that was accepted is durable.
         let tasks: Vec<_> = (0..200)

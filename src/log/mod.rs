@@ -9,6 +9,7 @@
 //! - [`writer`]: the synchronous writer core (stamp, encode, write, fsync, roll);
 //! - [`seal`]: sealing a rolled segment into large blocks plus a footer;
 //! - [`reader`]: reads by offset and iteration through the sparse block index;
+//! - [`sequencer`]: what decides, in log order, what each batch appends;
 //! - [`handle`]: the one async writer task with group commit;
 //! - [`verify`]: the offline deep check of every segment.
 
@@ -20,6 +21,7 @@ pub mod reader;
 pub mod recovery;
 pub mod seal;
 pub mod segment;
+pub mod sequencer;
 pub mod verify;
 pub mod writer;
 
@@ -34,8 +36,9 @@ use serde::{Deserialize, Serialize};
 use verbatim_schema::{Offset, TimePlausibility};
 
 pub use chain::ChainHash;
-pub use handle::{AppendError, LogHandle};
+pub use handle::LogHandle;
 pub use reader::LogReader;
+pub use sequencer::{AppendError, Appended, PassThrough, Sequencer};
 pub use writer::Log;
 
 use self::io::ReadAt;

@@ -13,6 +13,23 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_verbatim")
 }
 
+pub fn loadgen() -> &'static str {
+    env!("CARGO_BIN_EXE_verbatim-loadgen")
+}
+
+/// `verbatim token create --role ROLE [--sources S]`: the token.
+pub fn create_token(data: &Path, role: &str, sources: Option<&str>) -> String {
+    let mut args = vec!["token", "create", "--role", role];
+    if let Some(s) = sources {
+        args.extend(["--sources", s]);
+    }
+    let out = run(data, &args);
+    assert!(out.status.success(), "token create: {}", stderr(&out));
+    let token = stdout(&out).trim().to_string();
+    assert!(token.starts_with("vbt_"), "{token}");
+    token
+}
+
 /// Runs `verbatim --data-dir DATA ARGS…` and returns its output.
 pub fn run(data: &Path, args: &[&str]) -> Output {
     Command::new(bin())
@@ -46,8 +63,20 @@ pub struct Server {
 
 impl Server {
     pub fn start(data: &Path) -> Server {
-        let addr = free_addr();
-        let child = Command::new(bin())
+        Self::start_with(data, free_addr(), &[])
+    }
+
+    /// Starts `verbatim serve` on `addr`, behind `wrapper` (e.g. `fiu-run -x`) if given.
+    pub fn start_with(data: &Path, addr: SocketAddr, wrapper: &[&str]) -> Server {
+        let mut cmd = match wrapper.split_first() {
+            Some((w, args)) => {
+                let mut c = Command::new(w);
+                c.args(args).arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
+        let child = cmd
             .arg("--data-dir")
             .arg(data)
             .arg("serve")
@@ -69,15 +98,51 @@ impl Server {
 
     /// A plain HTTP/1.1 GET: (status, body).
     pub fn get(&self, path: &str) -> std::io::Result<(u16, String)> {
+        self.request("GET", path, &[], b"").map(|(status, _, body)| (status, body))
+    }
+
+    /// A GET with a bearer token.
+    pub fn get_with(&self, path: &str, token: &str) -> std::io::Result<(u16, String)> {
+        self.request("GET", path, &[("Authorization", &format!("Bearer {token}"))], b"")
+            .map(|(status, _, body)| (status, body))
+    }
+
+    /// `POST /v1/events` with NDJSON: (status, headers, body).
+    pub fn post_events(&self, token: &str, body: &[u8]) -> std::io::Result<(u16, String, String)> {
+        let auth = format!("Bearer {token}");
+        self.request("POST", "/v1/events", &[("Authorization", &auth), ("Content-Type", "application/x-ndjson")], body)
+    }
+
+    /// A raw HTTP/1.1 request with a Content-Length: (status, head, body).
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<(u16, String, String)> {
         let mut s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(2))?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n", self.addr);
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+        s.write_all(head.as_bytes())?;
+        // The server may answer (413) before reading all of a large body.
+        let _ = s.write_all(body);
         let mut resp = Vec::new();
         s.read_to_end(&mut resp)?;
         let text = String::from_utf8_lossy(&resp).into_owned();
         let status = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-        Ok((status, body))
+        let (head, body) = text.split_once("\r\n\r\n").map(|(h, b)| (h.to_string(), b.to_string())).unwrap_or_default();
+        Ok((status, head, body))
+    }
+
+    /// SIGKILL, by PID, and wait.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Sends SIGTERM and waits; returns the exit status and stderr.

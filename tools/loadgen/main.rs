@@ -1,0 +1,339 @@
+//! `verbatim-loadgen`: realistic chat load against `POST /v1/events`, with
+//! every acknowledged event recorded, and a `check` that proves afterwards
+//! that every acknowledged `(source, seq)` is in the archive exactly once and
+//! byte-exact.
+//!
+//! ```text
+//! verbatim-loadgen run   --url URL --token T [--clients 4] [--batch 100] [--events N | --seconds S]
+//!                        [--seed 42] [--acks FILE] [--state DIR] [--stop-file PATH]
+//! verbatim-loadgen check --acks FILE --archive DUMP.ndjson
+//! verbatim-loadgen gen   --events N [--clients 1] [--seed 42]      (NDJSON on stdout)
+//! ```
+//! `run` keeps retrying a batch (same keys, same content) through 429, 503
+//! and refused connections until it is acknowledged, so it can run straight
+//! through server crashes; `--state` lets a later run resume where it stopped.
+
+mod gen;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
+
+#[derive(Parser)]
+#[command(name = "verbatim-loadgen", about = "Chat load for Verbatim's ingest endpoint, and its checker")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Run(RunArgs),
+    Check {
+        #[arg(long)]
+        acks: PathBuf,
+        /// The archive as `verbatim dump` prints it.
+        #[arg(long)]
+        archive: PathBuf,
+    },
+    Gen {
+        #[arg(long)]
+        events: u64,
+        #[arg(long, default_value_t = 1)]
+        clients: u32,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+}
+
+#[derive(clap::Args, Clone)]
+struct RunArgs {
+    #[arg(long, default_value = "http://127.0.0.1:8090")]
+    url: String,
+    #[arg(long, env = "VERBATIM_TOKEN")]
+    token: String,
+    #[arg(long, default_value_t = 4)]
+    clients: u32,
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Total events across clients (default: until --seconds or --stop-file).
+    #[arg(long)]
+    events: Option<u64>,
+    #[arg(long)]
+    seconds: Option<f64>,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Appends every acknowledged event (as sent) to this file.
+    #[arg(long)]
+    acks: Option<PathBuf>,
+    /// Remembers each client's next sequence number here, to resume.
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// Stop (after the batch in flight is acknowledged) once this file exists.
+    #[arg(long)]
+    stop_file: Option<PathBuf>,
+    /// Offered rate in events/s across clients (default: as fast as acks come).
+    #[arg(long)]
+    rate: Option<f64>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(a) => run(a).map(|()| true),
+        Command::Check { acks, archive } => check(&acks, &archive),
+        Command::Gen { events, clients, seed } => gen_events(events, clients, seed).map(|()| true),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn gen_events(events: u64, clients: u32, seed: u64) -> anyhow::Result<()> {
+    let mut out = BufWriter::new(std::io::stdout().lock());
+    let mut gens: Vec<gen::Generator> = (0..clients).map(|c| gen::Generator::new(seed, c)).collect();
+    for i in 0..events {
+        let g = &mut gens[(i % u64::from(clients)) as usize];
+        writeln!(out, "{}", g.next_event())?;
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct Stats {
+    acked_events: AtomicU64,
+    acked_bytes: AtomicU64,
+    duplicates: AtomicU64,
+    busy: AtomicU64,
+    unavailable: AtomicU64,
+    refused: AtomicU64,
+    latencies_us: Mutex<Vec<u64>>,
+}
+
+fn state_file(dir: &Path, client: u32) -> PathBuf {
+    dir.join(format!("client-{client}.next"))
+}
+
+enum Sent {
+    Acked(Value),
+    Retry(Duration),
+}
+
+fn post(agent: &ureq::Agent, args: &RunArgs, body: &[u8]) -> anyhow::Result<Sent> {
+    let url = format!("{}/v1/events", args.url.trim_end_matches('/'));
+    let resp = agent
+        .post(&url)
+        .header("Authorization", &format!("Bearer {}", args.token))
+        .header("Content-Type", "application/x-ndjson")
+        .send(body);
+    let mut resp = match resp {
+        Ok(r) => r,
+        Err(ureq::Error::Io(_))
+        | Err(ureq::Error::Protocol(_))
+        | Err(ureq::Error::Timeout(_))
+        | Err(ureq::Error::ConnectionFailed) => return Ok(Sent::Retry(Duration::from_millis(50))),
+        Err(e) => return Err(e.into()),
+    };
+    let status = resp.status().as_u16();
+    let retry = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse::<u64>().ok()).unwrap_or(1);
+    let mut text = String::new();
+    if resp.body_mut().as_reader().read_to_string(&mut text).is_err() {
+        return Ok(Sent::Retry(Duration::from_millis(50)));
+    }
+    match status {
+        200 => Ok(Sent::Acked(serde_json::from_str(&text).context("reply is not JSON")?)),
+        429 | 503 => Ok(Sent::Retry(Duration::from_millis((retry * 1000).min(1000)))),
+        _ => anyhow::bail!("server answered {status}: {text}"),
+    }
+}
+
+fn run_client(
+    client: u32,
+    args: &RunArgs,
+    per_client: Option<u64>,
+    deadline: Option<Instant>,
+    acks: Option<&Mutex<BufWriter<std::fs::File>>>,
+    stats: &Stats,
+) -> anyhow::Result<()> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into();
+    let mut g = gen::Generator::new(args.seed, client);
+    let start = match &args.state {
+        Some(dir) => {
+            std::fs::read_to_string(state_file(dir, client)).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
+        }
+        None => 0,
+    };
+    g.skip_to(start);
+    let mut next = start;
+    let started = Instant::now();
+    let pace = args.rate.map(|r| Duration::from_secs_f64(args.batch as f64 * f64::from(args.clients) / r));
+    let mut batches = 0u32;
+    loop {
+        let stop = per_client.is_some_and(|n| next >= start + n)
+            || deadline.is_some_and(|d| Instant::now() >= d)
+            || args.stop_file.as_ref().is_some_and(|f| f.exists());
+        if stop {
+            return Ok(());
+        }
+        if let Some(p) = pace {
+            let due = started + p * batches;
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+        let n = per_client.map_or(args.batch as u64, |total| (start + total - next).min(args.batch as u64));
+        let lines: Vec<String> = (0..n).map(|_| g.next_event().to_string()).collect();
+        let body = lines.iter().map(|l| format!("{l}\n")).collect::<String>().into_bytes();
+        let reply = loop {
+            let t = Instant::now();
+            match post(&agent, args, &body)? {
+                Sent::Acked(v) => {
+                    stats.latencies_us.lock().expect("stats").push(t.elapsed().as_micros() as u64);
+                    break v;
+                }
+                Sent::Retry(wait) => {
+                    stats.refused.fetch_add(1, Ordering::Relaxed);
+                    std::thread::sleep(wait);
+                }
+            }
+        };
+        stats.acked_events.fetch_add(n, Ordering::Relaxed);
+        stats.acked_bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+        stats.duplicates.fetch_add(reply["duplicates"].as_u64().unwrap_or(0), Ordering::Relaxed);
+        if let Some(acks) = acks {
+            let mut w = acks.lock().expect("acks");
+            w.write_all(&body)?;
+            w.flush()?;
+        }
+        next += n;
+        batches += 1;
+        if let Some(dir) = &args.state {
+            let path = state_file(dir, client);
+            std::fs::write(path.with_extension("tmp"), next.to_string())?;
+            std::fs::rename(path.with_extension("tmp"), path)?;
+        }
+    }
+}
+
+fn pct(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    if let Some(dir) = &args.state {
+        std::fs::create_dir_all(dir)?;
+    }
+    let acks = match &args.acks {
+        Some(p) => Some(Mutex::new(BufWriter::new(std::fs::OpenOptions::new().create(true).append(true).open(p)?))),
+        None => None,
+    };
+    let stats = Arc::new(Stats::default());
+    let per_client = args.events.map(|n| n.div_ceil(u64::from(args.clients)));
+    let deadline = args.seconds.map(|s| Instant::now() + Duration::from_secs_f64(s));
+    let t = Instant::now();
+    std::thread::scope(|s| -> anyhow::Result<()> {
+        let handles: Vec<_> = (0..args.clients)
+            .map(|c| {
+                let (args, acks, stats) = (&args, acks.as_ref(), &stats);
+                s.spawn(move || run_client(c, args, per_client, deadline, acks, stats))
+            })
+            .collect();
+        for h in handles {
+            h.join().map_err(|_| anyhow::anyhow!("a client panicked"))??;
+        }
+        Ok(())
+    })?;
+    let secs = t.elapsed().as_secs_f64();
+    let mut lat = stats.latencies_us.lock().expect("stats").clone();
+    lat.sort_unstable();
+    let events = stats.acked_events.load(Ordering::Relaxed);
+    let summary = json!({
+        "clients": args.clients, "batch": args.batch, "seconds": secs,
+        "events_acked": events, "events_per_sec": events as f64 / secs,
+        "mb_per_sec": stats.acked_bytes.load(Ordering::Relaxed) as f64 / secs / 1e6,
+        "duplicates": stats.duplicates.load(Ordering::Relaxed),
+        "retries": stats.refused.load(Ordering::Relaxed),
+        "ack_ms": {"p50": pct(&lat, 0.5), "p99": pct(&lat, 0.99), "p999": pct(&lat, 0.999), "max": pct(&lat, 1.0)},
+    });
+    let _ = (&stats.busy, &stats.unavailable);
+    println!("{summary}");
+    Ok(())
+}
+
+type Key = (String, u64);
+
+fn key_of(v: &Value) -> anyhow::Result<Key> {
+    Ok((v["source"].as_str().context("no source")?.to_string(), v["seq"].as_u64().context("no seq")?))
+}
+
+/// The fields a front end sent, normalized for comparison (ts as an instant).
+fn sent_fields(v: &Value) -> Value {
+    let ts =
+        v["ts"].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()).map(|t| t.timestamp_nanos_opt());
+    json!({
+        "network": v["network"], "kind": v["kind"], "ts": ts, "from": v["from"],
+        "to": if v["to"].is_null() { json!([]) } else { v["to"].clone() },
+        "channel": v["channel"], "body": if v["body"].is_null() { json!("") } else { v["body"].clone() },
+        "direction": v["direction"], "attrs": if v["attrs"].is_null() { json!({}) } else { v["attrs"].clone() },
+    })
+}
+
+fn check(acks: &Path, archive: &Path) -> anyhow::Result<bool> {
+    let mut expected: HashMap<Key, Value> = HashMap::new();
+    for line in
+        BufReader::new(std::fs::File::open(acks).with_context(|| format!("opening {}", acks.display()))?).lines()
+    {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: Value = serde_json::from_str(&line)?;
+        expected.insert(key_of(&v)?, sent_fields(&v));
+    }
+    let mut seen: HashMap<Key, u32> = HashMap::new();
+    let (mut mismatched, mut records) = (0u64, 0u64);
+    for line in
+        BufReader::new(std::fs::File::open(archive).with_context(|| format!("opening {}", archive.display()))?).lines()
+    {
+        let v: Value = serde_json::from_str(&line?)?;
+        records += 1;
+        let key = key_of(&v)?;
+        if let Some(want) = expected.get(&key) {
+            if &sent_fields(&v) != want {
+                mismatched += 1;
+                if mismatched <= 5 {
+                    eprintln!("mismatch for {key:?}:\n  sent   {want}\n  stored {}", sent_fields(&v));
+                }
+            }
+        }
+        *seen.entry(key).or_default() += 1;
+    }
+    let missing = expected.keys().filter(|k| !seen.contains_key(*k)).count();
+    let duplicated = seen.values().filter(|&&n| n > 1).count();
+    let ok = missing == 0 && duplicated == 0 && mismatched == 0;
+    println!(
+        "{}",
+        json!({"acknowledged": expected.len(), "archive_records": records, "missing": missing, "duplicated": duplicated, "mismatched": mismatched, "ok": ok})
+    );
+    Ok(ok)
+}

@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""Verbatim as one more row of ../shared/bench/peers (see its RESULTS.md).
+
+Durable ingest of the shared workload through POST /v1/events in 1k-event
+NDJSON batches (ack after fdatasync), one client like the SQL peers and then 4,
+with per-batch latency; bytes on disk per event (log + RocksDB state, after
+the server sealed its segments on SIGTERM). Bodies are prepared before timing.
+Search and SQL rows come with their issues.
+"""
+import argparse
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+PEERS = os.environ.get("PEERS_DIR") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "bench", "peers")
+sys.path.insert(0, PEERS)
+from common import WORKDIR, Step, emit, pct  # noqa: E402
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def dir_bytes(path):
+    total = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.path.getsize(os.path.join(root, f))
+            except OSError:
+                pass
+    return total
+
+
+def start(bin_dir, data, port):
+    env = dict(os.environ, VERBATIM_HTTP_LISTEN=f"127.0.0.1:{port}", VERBATIM_LOG="warn")
+    p = subprocess.Popen([os.path.join(bin_dir, "verbatim"), "--data-dir", data, "serve"], env=env)
+    for _ in range(300):
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            c.request("GET", "/healthz")
+            if c.getresponse().status == 200:
+                return p
+        except OSError:
+            time.sleep(0.1)
+    p.kill()
+    raise SystemExit("verbatim did not start")
+
+
+def post_all(port, token, bodies, lat):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/x-ndjson"}
+    for body in bodies:
+        while True:
+            t = time.perf_counter()
+            c.request("POST", "/v1/events", body=body, headers=headers)
+            r = c.getresponse()
+            data = r.read()
+            if r.status == 200:
+                lat.append(time.perf_counter() - t)
+                break
+            if r.status in (429, 503):
+                time.sleep(0.05)
+                continue
+            raise SystemExit(f"verbatim answered {r.status}: {data[:300]!r}")
+
+
+def run(bin_dir, lines, batch, clients):
+    n = len(lines)
+    bodies = [b"".join(lines[i:i + batch]) for i in range(0, n, batch)]
+    data = os.path.join(WORKDIR, "verbatim-data")
+    shutil.rmtree(data, ignore_errors=True)
+    token = subprocess.run([os.path.join(bin_dir, "verbatim"), "--data-dir", data, "token", "create", "--role", "ingest", "--sources", "*"],
+                           check=True, capture_output=True, text=True).stdout.strip()
+    port = free_port()
+    server = start(bin_dir, data, port)
+    lat = []
+    try:
+        with Step(f"verbatim ingest {batch}-event batches, {clients} client(s)") as st:
+            threads = [threading.Thread(target=post_all, args=(port, token, bodies[k::clients], lat)) for k in range(clients)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=120)
+    log_b, state_b = dir_bytes(os.path.join(data, "log")), dir_bytes(os.path.join(data, "state"))
+    size = log_b + state_b
+    print(f"verbatim ingest x{clients}: {n / st.seconds:.0f} ev/s in {st.seconds:.1f}s, batch p50 {pct(lat, 50) * 1e3:.1f} ms "
+          f"p99 {pct(lat, 99) * 1e3:.1f} ms; {size / n:.1f} B/event (log {log_b / n:.1f}, state {state_b / n:.1f})", flush=True)
+    emit(peer="verbatim", what=f"ingest {batch}-event batches over HTTP, {clients} client(s), ack after fdatasync",
+         events_s=n / st.seconds, seconds=st.seconds, bytes_event=size / n, p50_ms=pct(lat, 50) * 1e3, p99_ms=pct(lat, 99) * 1e3,
+         load=st.load, machine_busy=st.machine_busy, machine_steal=st.machine_steal,
+         breakdown={"log": round(log_b / n, 1), "state": round(state_b / n, 1)}, events=n,
+         note="p50/p99 = per 1k-event batch latency (HTTP round trip)")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", required=True, help="directory with the release verbatim binary")
+    ap.add_argument("--events", default=os.path.join(WORKDIR, "events.ndjson"))
+    ap.add_argument("--batch", type=int, default=1000)
+    a = ap.parse_args()
+    t = time.perf_counter()
+    with open(a.events, "rb") as f:
+        lines = f.readlines()
+    print(f"prepared {len(lines)} events in {time.perf_counter() - t:.1f}s (not counted)", flush=True)
+    for clients in (1, 4):
+        run(a.bin, lines, a.batch, clients)
+
+
+if __name__ == "__main__":
+    main()
