@@ -167,7 +167,7 @@ fn writer_loop(mut log: Log, mut sequencer: Box<dyn Sequencer>, rx: mpsc::Receiv
             if group.is_empty() {
                 continue;
             }
-            let segments = log.shared().segments().len();
+            let segments = log.shared().segment_count();
             let rolled_at = log.head();
             if let Some(stats) = write_group(&mut log, &mut *sequencer, group) {
                 record_stats(&m, &stats);
@@ -175,7 +175,7 @@ fn writer_loop(mut log: Log, mut sequencer: Box<dyn Sequencer>, rx: mpsc::Receiv
             if log.failure().is_some() {
                 m.writer_failed.set(1);
             }
-            if log.shared().segments().len() != segments {
+            if log.shared().segment_count() != segments {
                 let _ = seal_tx.send(rolled_at);
             }
         }

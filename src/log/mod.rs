@@ -181,6 +181,11 @@ impl LogShared {
         self.segments.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// How many segments there are (a roll adds one).
+    pub fn segment_count(&self) -> usize {
+        self.segments.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     /// The segment holding `offset`, if any.
     pub fn segment_for(&self, offset: Offset) -> Option<Arc<SegmentView>> {
         let segs = self.segments.read().unwrap_or_else(|p| p.into_inner());

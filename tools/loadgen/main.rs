@@ -117,8 +117,6 @@ struct Stats {
     acked_events: AtomicU64,
     acked_bytes: AtomicU64,
     duplicates: AtomicU64,
-    busy: AtomicU64,
-    unavailable: AtomicU64,
     refused: AtomicU64,
     latencies_us: Mutex<Vec<u64>>,
 }
@@ -275,7 +273,6 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         "retries": stats.refused.load(Ordering::Relaxed),
         "ack_ms": {"p50": pct(&lat, 0.5), "p99": pct(&lat, 0.99), "p999": pct(&lat, 0.999), "max": pct(&lat, 1.0)},
     });
-    let _ = (&stats.busy, &stats.unavailable);
     println!("{summary}");
     Ok(())
 }
