@@ -56,6 +56,74 @@ pub enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Full-text search through the running server (auditor token; audited).
+    Search {
+        /// Query in tantivy syntax: words (ANDed), "phrases", OR, -word, field:value, word*, word~1.
+        query: String,
+        /// Only events at or after this time (RFC 3339, a date, or Unix nanoseconds).
+        #[arg(long)]
+        from: Option<String>,
+        /// Only events before this time.
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long)]
+        network: Option<String>,
+        /// Sender or recipient.
+        #[arg(long)]
+        participant: Option<String>,
+        #[arg(long)]
+        channel: Option<String>,
+        #[arg(long)]
+        conversation: Option<u64>,
+        /// `time` (newest first) or `relevance`.
+        #[arg(long, default_value = "time")]
+        sort: String,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// `next_cursor` of the previous page.
+        #[arg(long)]
+        cursor: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// A conversation's transcript through the running server (auditor token; audited).
+    Conversation {
+        id: u64,
+        /// Only the events around this offset...
+        #[arg(long)]
+        around: Option<u64>,
+        /// ...this many before and after it.
+        #[arg(long, default_value_t = 10)]
+        context: usize,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List the audit stream (`<data>/audit`), offline.
+    Audit {
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        #[arg(long)]
+        limit: Option<u64>,
+        /// Print NDJSON records instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild the search index from the log (server stopped).
+    Reindex,
+}
+
+/// How a client command reaches the server.
+#[derive(Debug, clap::Args)]
+pub struct ClientArgs {
+    /// Server URL (default: http:// and the configured `http.listen`).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Auditor token.
+    #[arg(long, env = "VERBATIM_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// Print the server's JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -151,6 +219,43 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Verify => return verify(&log_dir),
         Command::Dump { from, limit } => dump(&config, &log_dir, Offset(from), limit)?,
         Command::Stats { json } => stats(&config, &log_dir, json)?,
+        Command::Search {
+            query,
+            from,
+            to,
+            network,
+            participant,
+            channel,
+            conversation,
+            sort,
+            limit,
+            cursor,
+            client,
+        } => {
+            let mut q = vec![("q", query), ("sort", sort), ("limit", limit.to_string())];
+            let opt = [
+                ("from", from),
+                ("to", to),
+                ("network", network),
+                ("participant", participant),
+                ("channel", channel),
+                ("cursor", cursor),
+            ];
+            q.extend(opt.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
+            q.extend(conversation.map(|c| ("conversation", c.to_string())));
+            let answer = get_json(&config, &client, "/v1/search", &q)?;
+            print_search(&answer, client.json)?;
+        }
+        Command::Conversation { id, around, context, client } => {
+            let mut q = Vec::new();
+            if let Some(a) = around {
+                q.extend([("around", a.to_string()), ("context", context.to_string())]);
+            }
+            let answer = get_json(&config, &client, &format!("/v1/conversations/{id}"), &q)?;
+            print_conversation(&answer, client.json)?;
+        }
+        Command::Audit { from, limit, json } => audit(&config, Offset(from), limit, json)?,
+        Command::Reindex => reindex(&config, &log_dir)?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -260,5 +365,177 @@ fn stats(config: &Config, dir: &Path, json: bool) -> anyhow::Result<()> {
         println!("compression   {:.2}x", s.compression_ratio);
         println!("bytes/event   {:.1}", s.bytes_per_event);
     }
+    Ok(())
+}
+
+fn get_json(
+    config: &Config,
+    client: &ClientArgs,
+    path: &str,
+    query: &[(&str, String)],
+) -> anyhow::Result<serde_json::Value> {
+    let base = client.url.clone().unwrap_or_else(|| format!("http://{}", config.http.listen));
+    let url = format!("{}{path}", base.trim_end_matches('/'));
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(60)))
+        .build()
+        .into();
+    let mut req = agent.get(&url).header("Authorization", &format!("Bearer {}", client.token));
+    for (k, v) in query {
+        req = req.query(*k, v);
+    }
+    let mut resp = req.call().with_context(|| format!("reaching the server at {base}"))?;
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().context("reading the answer")?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("the server answered {status} with: {text}"))?;
+    if status != 200 {
+        let detail = value.get("detail").filter(|d| !d.is_null()).map(|d| format!(" ({d})")).unwrap_or_default();
+        anyhow::bail!("{status}: {}{detail}", value["error"].as_str().unwrap_or(&text));
+    }
+    Ok(value)
+}
+
+/// One event as a transcript line: time, network/channel, sender -> recipients, body.
+fn event_line(e: &serde_json::Value) -> String {
+    let s = |k: &str| e[k].as_str().unwrap_or("").to_string();
+    let to: Vec<&str> = e["to"].as_array().map(|a| a.iter().filter_map(|v| v.as_str()).collect()).unwrap_or_default();
+    let place = match e["channel"].as_str() {
+        Some(c) => format!("{}/{c}", s("network")),
+        None => s("network"),
+    };
+    format!("[{}] #{} {place} {} -> {}: {}", s("ts"), e["offset"], s("from"), to.join(","), s("body"))
+}
+
+fn print_search(answer: &serde_json::Value, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(answer)?);
+        return Ok(());
+    }
+    let hits = answer["hits"].as_array().cloned().unwrap_or_default();
+    for h in &hits {
+        println!("{}  (conversation {})", event_line(h), h["conversation_id"]);
+    }
+    println!(
+        "-- {} of {} matches; index covers offsets below {}",
+        hits.len(),
+        answer["total"],
+        answer["index_watermark"]
+    );
+    if let Some(c) = answer["next_cursor"].as_str() {
+        println!("-- more: --cursor {c}");
+    }
+    Ok(())
+}
+
+fn print_conversation(answer: &serde_json::Value, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(answer)?);
+        return Ok(());
+    }
+    let c = &answer["conversation"];
+    let who: Vec<&str> =
+        c["participants"].as_array().map(|a| a.iter().filter_map(|v| v.as_str()).collect()).unwrap_or_default();
+    println!(
+        "conversation {} on {}{}: {} events, {} to {}",
+        c["id"],
+        c["network"].as_str().unwrap_or(""),
+        c["channel"].as_str().map(|ch| format!(" {ch}")).unwrap_or_default(),
+        c["events"],
+        c["started_at"].as_str().unwrap_or(""),
+        c["ended_at"].as_str().unwrap_or("")
+    );
+    println!("participants: {}", who.join(", "));
+    for e in answer["events"].as_array().into_iter().flatten() {
+        println!("{}", event_line(e));
+    }
+    if c["truncated"].as_bool() == Some(true) {
+        println!("-- truncated at the configured search.max_transcript_events");
+    }
+    Ok(())
+}
+
+fn audit(config: &Config, from: Offset, limit: Option<u64>, json: bool) -> anyhow::Result<()> {
+    let dir = config.data().audit();
+    anyhow::ensure!(
+        dir.is_dir(),
+        "no audit stream at {} (no read has been served yet, or wrong --data-dir?)",
+        dir.display()
+    );
+    let reader = open_read_only(&FsStorage, &dir, &config.log_config())?;
+    let out = std::io::stdout().lock();
+    let mut out = std::io::BufWriter::new(out);
+    if !json {
+        writeln!(
+            out,
+            "{:<8} {:<30} {:<14} {:<8} {:<13} {:>7}  QUERY",
+            "OFFSET", "TIME", "TOKEN", "ROLE", "ENDPOINT", "RESULTS"
+        )?;
+    }
+    for item in reader.iter_from(from).take(limit.map_or(usize::MAX, |l| l as usize)) {
+        let (offset, r) = item?;
+        let line = if json {
+            r.to_json(offset)
+        } else {
+            let body: serde_json::Value = serde_json::from_str(&r.event.body).unwrap_or_default();
+            format!(
+                "{:<8} {:<30} {:<14} {:<8} {:<13} {:>7}  {}",
+                offset.0,
+                r.received_at.to_rfc3339(),
+                r.event.from,
+                r.event.to.first().map_or("", String::as_str),
+                r.event.channel.as_deref().unwrap_or(""),
+                body["results"],
+                body["query"]
+            )
+        };
+        if let Err(e) = writeln!(out, "{line}") {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                return Ok(());
+            }
+            return Err(e.into());
+        }
+    }
+    out.flush().or_else(|e| if e.kind() == std::io::ErrorKind::BrokenPipe { Ok(()) } else { Err(e) })?;
+    Ok(())
+}
+
+/// Deletes the index and builds it again from the whole log.
+fn reindex(config: &Config, log_dir: &Path) -> anyhow::Result<()> {
+    require_log(log_dir)?;
+    let data = config.data();
+    let _lock = data.lock()?;
+    let reader = open_read_only(&FsStorage, log_dir, &config.log_config())?;
+    let dir = data.index();
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    let (index, fields) = crate::index::open(&dir)?;
+    let mut writer: tantivy::IndexWriter<tantivy::TantivyDocument> = index
+        .writer_with_num_threads(config.index.writer_threads.max(1), config.index.writer_memory_mb.max(16) << 20)?;
+    let head = reader.head();
+    let bar = progress_bar(head.0, "indexing");
+    let started = std::time::Instant::now();
+    let mut next = Offset::ZERO;
+    while next < head {
+        let end = crate::index::indexer::add_from(&writer, &fields, &reader, next, 1_000_000)?;
+        anyhow::ensure!(end > next, "the log stopped at {next} before its head {head}");
+        crate::index::indexer::commit(&mut writer, end)?;
+        bar.inc(end.0 - next.0);
+        next = end;
+    }
+    crate::index::indexer::commit(&mut writer, next)?;
+    writer.wait_merging_threads()?;
+    bar.finish_and_clear();
+    let searcher = index.reader()?.searcher();
+    let check = crate::index::indexer::reconcile(&searcher, &fields, next, true);
+    anyhow::ensure!(check.ok, "the rebuilt index does not match the log: {:?}", check.detail);
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "indexed {} events in {secs:.1} s ({:.0} events/s); every offset checked",
+        next.0,
+        next.0 as f64 / secs.max(1e-9)
+    );
     Ok(())
 }

@@ -24,6 +24,8 @@ pub struct Config {
     pub limits: Limits,
     pub ingest: IngestConfig,
     pub sessions: crate::ingest::SessionConfig,
+    pub index: crate::index::IndexConfig,
+    pub search: crate::index::search::SearchConfig,
 }
 
 /// Bytes a record's encoding may need beyond the strings of its JSON: the
@@ -75,6 +77,8 @@ impl Default for Config {
             limits: Limits::default(),
             ingest: IngestConfig::default(),
             sessions: crate::ingest::SessionConfig::default(),
+            index: crate::index::IndexConfig::default(),
+            search: crate::index::search::SearchConfig::default(),
         }
     }
 }

@@ -2,11 +2,13 @@
 //! This crate is the server and its storage engine; `main.rs` only calls
 //! [`cli::main`]. See `docs/ARCHITECTURE.md` for the map.
 
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod http;
 pub mod import;
+pub mod index;
 pub mod ingest;
 pub mod log;
 pub mod metrics;

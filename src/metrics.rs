@@ -5,6 +5,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 /// The log writer's metrics.
 #[derive(Debug)]
@@ -40,10 +41,59 @@ impl Default for LogMetrics {
     }
 }
 
+/// The indexer's and the read path's metrics.
+#[derive(Debug)]
+pub struct IndexMetrics {
+    pub log_head: Gauge,
+    pub watermark: Gauge,
+    pub docs: Gauge,
+    pub lag_events: Gauge,
+    pub lag_seconds: Gauge<f64, AtomicU64>,
+    pub commits: Counter,
+    pub commit_seconds: Histogram,
+    pub errors: Counter,
+    pub reconciliations: Counter,
+    pub reconcile_failures: Counter,
+    pub consistent: Gauge,
+    pub searches: Counter,
+    pub search_seconds: Histogram,
+    pub transcripts: Counter,
+    pub rejected_queries: Counter,
+    pub audit_records: Counter,
+    pub audit_failures: Counter,
+}
+
+impl Default for IndexMetrics {
+    fn default() -> Self {
+        let consistent = Gauge::default();
+        consistent.set(1);
+        Self {
+            log_head: Gauge::default(),
+            watermark: Gauge::default(),
+            docs: Gauge::default(),
+            lag_events: Gauge::default(),
+            lag_seconds: Gauge::default(),
+            commits: Counter::default(),
+            commit_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            errors: Counter::default(),
+            reconciliations: Counter::default(),
+            reconcile_failures: Counter::default(),
+            consistent,
+            searches: Counter::default(),
+            search_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 18)),
+            transcripts: Counter::default(),
+            rejected_queries: Counter::default(),
+            audit_records: Counter::default(),
+            audit_failures: Counter::default(),
+        }
+    }
+}
+
 /// Every metric of one server.
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub log: std::sync::Arc<LogMetrics>,
+    pub index: std::sync::Arc<IndexMetrics>,
 }
 
 impl Metrics {
@@ -69,6 +119,44 @@ impl Metrics {
             "log_seal_failures",
             "Seal attempts that failed (the segment stays unsealed and durable)",
             l.seal_failures.clone(),
+        );
+        let i = &self.index;
+        r.register("log_head", "Offset after the last durable record", i.log_head.clone());
+        r.register("index_watermark", "Offset after the last record the search index covers", i.watermark.clone());
+        r.register(
+            "index_docs",
+            "Documents in the search index (equals the watermark when consistent)",
+            i.docs.clone(),
+        );
+        r.register("index_lag_events", "Durable records not yet searchable", i.lag_events.clone());
+        r.register("index_lag_seconds", "Age of the oldest record not yet searchable", i.lag_seconds.clone());
+        r.register("index_commits", "Index commits", i.commits.clone());
+        r.register("index_commit_seconds", "Time to commit the index and reload searchers", i.commit_seconds.clone());
+        r.register("index_errors", "Indexer failures (it restarts from its last commit)", i.errors.clone());
+        r.register("index_reconciliations", "Checks of the index against the log", i.reconciliations.clone());
+        r.register(
+            "index_reconcile_failures",
+            "Checks that found the index not matching the log",
+            i.reconcile_failures.clone(),
+        );
+        r.register(
+            "index_consistent",
+            "1 while the last check found the index matching the log, else 0",
+            i.consistent.clone(),
+        );
+        r.register("searches", "Searches answered", i.searches.clone());
+        r.register("search_seconds", "Time to answer a search, bodies included", i.search_seconds.clone());
+        r.register("transcripts", "Conversation transcripts answered", i.transcripts.clone());
+        r.register(
+            "rejected_queries",
+            "Searches refused by a bound (length, clauses, expansion, deadline)",
+            i.rejected_queries.clone(),
+        );
+        r.register("audit_records", "Records appended to the audit stream", i.audit_records.clone());
+        r.register(
+            "audit_failures",
+            "Reads refused because their audit record could not be made durable",
+            i.audit_failures.clone(),
         );
         let mut out = String::new();
         encode(&mut out, &r).expect("writing to a String cannot fail");

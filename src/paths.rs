@@ -23,6 +23,14 @@ impl DataDir {
     }
 
     /// `<data>/state`: RocksDB, derived from the log.
+    pub fn index(&self) -> PathBuf {
+        self.0.join("index")
+    }
+
+    pub fn audit(&self) -> PathBuf {
+        self.0.join("audit")
+    }
+
     pub fn state(&self) -> PathBuf {
         self.0.join("state")
     }

@@ -7,9 +7,11 @@ use std::sync::Arc;
 use anyhow::Context;
 use tracing::info;
 
+use crate::audit::Audit;
 use crate::auth::{Role, TokenStore};
 use crate::config::Config;
 use crate::http::{router, AppState};
+use crate::index::indexer::{Indexer, SearchIndex};
 use crate::ingest::IngestSequencer;
 use crate::log::io::FsStorage;
 use crate::log::{Log, LogHandle};
@@ -42,6 +44,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let sequencer = IngestSequencer::open(state, config.sessions.clone(), &log.reader())
         .context("bringing the ingest state up to date")?;
     let metrics = Arc::new(Metrics::default());
+    let (index, fields) = crate::index::open(&data.index())?;
+    let index = SearchIndex::new(index, fields, metrics.index.clone())?;
+    let indexer = Indexer::start(index.clone(), log.reader(), config.index.clone())?;
+    let (audit, audit_writer) = Audit::open(&data.audit(), config.log_config(), config.site_id())?;
     let (handle, writer) = LogHandle::start(log, Box::new(sequencer), metrics.log.clone());
     let app = Arc::new(AppState {
         log: handle.clone(),
@@ -50,6 +56,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         limits: config.limits.clone(),
         ingest: config.ingest.clone(),
         site: config.site_id(),
+        index,
+        search: config.search.clone(),
+        audit: audit.clone(),
     });
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
@@ -59,6 +68,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     info!("shutting down: writing queued batches and sealing the log");
     handle.close().await.map_err(|e| anyhow::anyhow!("closing the log: {e}"))?;
     let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    tokio::task::spawn_blocking(move || indexer.stop()).await?;
+    audit.close().await.map_err(|e| anyhow::anyhow!("closing the audit log: {e}"))?;
+    let _ = tokio::task::spawn_blocking(move || audit_writer.join()).await;
     info!("stopped cleanly");
     Ok(())
 }

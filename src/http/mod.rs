@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod error;
 pub mod events;
+pub mod search;
 
 #[cfg(test)]
 mod tests;
@@ -21,8 +22,11 @@ use verbatim_schema::{Limits, SiteId};
 
 use self::auth::Caller;
 use self::error::ApiError;
+use crate::audit::Audit;
 use crate::auth::{Role, TokenStore};
 use crate::config::IngestConfig;
+use crate::index::indexer::SearchIndex;
+use crate::index::search::SearchConfig;
 use crate::log::LogHandle;
 use crate::metrics::Metrics;
 
@@ -35,6 +39,9 @@ pub struct AppState {
     pub limits: Limits,
     pub ingest: IngestConfig,
     pub site: SiteId,
+    pub index: Arc<SearchIndex>,
+    pub search: SearchConfig,
+    pub audit: Arc<Audit>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -43,6 +50,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         // The handler applies `ingest.max_body_bytes` itself, with a 413 of its own.
         .route("/v1/events", post(events::post_events).layer(DefaultBodyLimit::disable()))
+        .route("/v1/search", get(search::get_search))
+        .route("/v1/conversations/{id}", get(search::get_conversation))
+        .route("/v1/status", get(search::get_status))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(state)
 }
@@ -59,5 +69,7 @@ async fn healthz(State(s): State<Arc<AppState>>) -> Response {
 
 async fn metrics(State(s): State<Arc<AppState>>, caller: Caller) -> Result<Response, ApiError> {
     caller.require(&[Role::Admin, Role::Auditor])?;
+    let st = s.clone();
+    let _ = tokio::task::spawn_blocking(move || st.index.lag(st.log.reader())).await;
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], s.metrics.render()).into_response())
 }

@@ -22,6 +22,7 @@ struct Fixture {
     _tmp: tempfile::TempDir,
     state: Arc<AppState>,
     storage: MemStorage,
+    audit_storage: MemStorage,
     ingest: String,
     other_ingest: String,
     auditor: String,
@@ -31,6 +32,7 @@ fn fixture(queue_depth: usize) -> Fixture {
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = DataDir::new(tmp.path());
     let storage = MemStorage::new();
+    let audit_storage = MemStorage::new();
     let config = LogConfig { queue_depth, ..LogConfig::default() };
     let log = Log::open(Arc::new(storage.clone()), Path::new("/data/log"), config).expect("open log");
     let seq =
@@ -50,13 +52,26 @@ fn fixture(queue_depth: usize) -> Fixture {
     };
     let state = Arc::new(AppState {
         log: handle,
-        metrics,
+        metrics: metrics.clone(),
         tokens,
         limits: Limits { max_recipients: 50, ..Limits::default() },
         ingest: ingest_limits,
         site: SiteId::new("test"),
+        index: {
+            let (index, fields) = crate::index::in_ram();
+            crate::index::indexer::SearchIndex::new(index, fields, metrics.index.clone()).expect("index")
+        },
+        search: crate::index::search::SearchConfig::default(),
+        audit: crate::audit::Audit::open_on(
+            Arc::new(audit_storage.clone()),
+            Path::new("/data/audit"),
+            LogConfig::default(),
+            SiteId::new("test"),
+        )
+        .expect("audit")
+        .0,
     });
-    Fixture { _tmp: tmp, state, storage, ingest, other_ingest, auditor }
+    Fixture { _tmp: tmp, state, storage, audit_storage, ingest, other_ingest, auditor }
 }
 
 fn event(seq: u64, body: &str) -> Value {
@@ -315,4 +330,39 @@ async fn a_full_queue_is_429_with_retry_after() {
     }
     assert!(busy > 0, "a queue of one was never full");
     assert_eq!(head(&f), ok, "every 200 is stored, nothing else");
+}
+
+async fn get(f: &Fixture, path: &str, token: &str) -> (StatusCode, Value) {
+    let req = Request::get(path).header(header::AUTHORIZATION, format!("Bearer {token}"));
+    let resp = router(f.state.clone()).oneshot(req.body(Body::empty()).expect("request")).await.expect("response");
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.expect("body");
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn a_read_whose_audit_record_cannot_be_made_durable_fails() {
+    let f = fixture(16);
+    let audit_head = || f.state.audit.reader().head().0;
+    let (status, body) = get(&f, "/v1/search?q=anything", &f.auditor).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(audit_head(), 1);
+    f.audit_storage.fail_sync_after(0);
+    let (status, body) = get(&f, "/v1/search?q=anything", &f.auditor).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body["error"].as_str().expect("error").contains("audit"), "{body}");
+    assert!(body.get("hits").is_none(), "no content without an audit record");
+    assert_eq!(audit_head(), 1);
+    // Once the audit log's writer has restarted from its last durable block, reads work again.
+    f.audit_storage.clear_faults();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (status, _) = get(&f, "/v1/search?q=anything", &f.auditor).await;
+        if status == StatusCode::OK {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "audit log did not recover");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(audit_head(), 2);
 }

@@ -1,0 +1,307 @@
+//! The indexer: one thread tailing the log from the index watermark. It adds
+//! documents as records become durable, commits on a timer with the new
+//! watermark as the commit payload, reloads the searchers, and reconciles
+//! the index against the log after every commit (document count) and on a
+//! schedule (every offset below the watermark present exactly once).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TantivyDocument};
+use tracing::{error, info, warn};
+use verbatim_schema::{Offset, UnixNanos};
+
+use super::{committed_watermark, document, payload, Fields, IndexConfig};
+use crate::log::LogReader;
+use crate::metrics::IndexMetrics;
+
+/// What the last reconciliation found.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Reconciliation {
+    /// When it ran (RFC 3339).
+    pub at: String,
+    /// The watermark it checked against: offsets 0..watermark must each be indexed once.
+    pub watermark: u64,
+    pub docs: u64,
+    /// Whether every offset was counted (the scheduled check) or only documents.
+    pub offsets_checked: bool,
+    pub ok: bool,
+    pub detail: Option<String>,
+}
+
+/// The index as the server reports it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct IndexState {
+    pub watermark: u64,
+    pub docs: u64,
+    pub last_commit: Option<String>,
+    pub last_reconciliation: Option<Reconciliation>,
+    /// The indexer's last error, cleared by the next successful commit.
+    pub error: Option<String>,
+}
+
+/// The open index, shared by the indexer and the request handlers.
+pub struct SearchIndex {
+    pub index: Index,
+    pub fields: Fields,
+    pub reader: IndexReader,
+    pub state: Mutex<IndexState>,
+    pub metrics: Arc<IndexMetrics>,
+}
+
+impl std::fmt::Debug for SearchIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SearchIndex").field("state", &self.state).finish_non_exhaustive()
+    }
+}
+
+impl SearchIndex {
+    pub fn new(index: Index, fields: Fields, metrics: Arc<IndexMetrics>) -> anyhow::Result<Arc<Self>> {
+        let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
+        let watermark = committed_watermark(&index)?;
+        let s = Arc::new(Self { index, fields, reader, state: Mutex::default(), metrics });
+        let docs = s.reader.searcher().num_docs();
+        s.set(|st| {
+            st.watermark = watermark.0;
+            st.docs = docs;
+        });
+        Ok(s)
+    }
+
+    pub fn searcher(&self) -> Searcher {
+        self.reader.searcher()
+    }
+
+    pub fn state(&self) -> IndexState {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set(&self, f: impl FnOnce(&mut IndexState)) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut st);
+        self.metrics.watermark.set(st.watermark as i64);
+        self.metrics.docs.set(st.docs as i64);
+    }
+
+    /// Updates the lag figures against the log's head; returns (events, seconds).
+    pub fn lag(&self, log: &LogReader) -> (u64, f64) {
+        let watermark = Offset(self.state().watermark);
+        let head = log.head();
+        let events = head.0.saturating_sub(watermark.0);
+        let seconds = if events == 0 {
+            0.0
+        } else {
+            log.get(watermark)
+                .map(|r| (UnixNanos::now().0.saturating_sub(r.received_at.0)).max(0) as f64 / 1e9)
+                .unwrap_or(0.0)
+        };
+        self.metrics.log_head.set(head.0 as i64);
+        self.metrics.lag_events.set(events as i64);
+        self.metrics.lag_seconds.set(seconds);
+        (events, seconds)
+    }
+}
+
+/// Counts the offsets of every document: each of 0..watermark must appear
+/// exactly once. Count, sum, sum of squares and maximum together catch a
+/// missing, a duplicated or a foreign offset.
+pub fn reconcile(searcher: &Searcher, fields: &Fields, watermark: Offset, count_offsets: bool) -> Reconciliation {
+    let docs = searcher.num_docs();
+    let mut detail = None;
+    if docs != watermark.0 {
+        detail = Some(format!("{docs} documents for {} log records", watermark.0));
+    } else if count_offsets {
+        let (mut n, mut sum, mut squares, mut max) = (0u64, 0u128, 0u128, None::<u64>);
+        let name = searcher.schema().get_field_name(fields.offset).to_string();
+        for seg in searcher.segment_readers() {
+            let column = match seg.fast_fields().u64(&name) {
+                Ok(c) => c,
+                Err(e) => {
+                    detail = Some(format!("reading the offsets: {e}"));
+                    break;
+                }
+            };
+            for doc in seg.doc_ids_alive() {
+                for o in column.values_for_doc(doc) {
+                    n += 1;
+                    sum += u128::from(o);
+                    squares += u128::from(o) * u128::from(o);
+                    max = max.max(Some(o));
+                }
+            }
+        }
+        let w = u128::from(watermark.0);
+        let want_sum = if w == 0 { 0 } else { w * (w - 1) / 2 };
+        let want_squares = if w == 0 { 0 } else { (w - 1) * w * (2 * w - 1) / 6 };
+        if detail.is_none()
+            && (u128::from(n) != w || sum != want_sum || squares != want_squares || max != watermark.0.checked_sub(1))
+        {
+            detail =
+                Some(format!("the indexed offsets are not exactly 0..{}: {n} offsets, largest {max:?}", watermark.0));
+        }
+    }
+    Reconciliation {
+        at: UnixNanos::now().to_rfc3339(),
+        watermark: watermark.0,
+        docs,
+        offsets_checked: count_offsets,
+        ok: detail.is_none(),
+        detail,
+    }
+}
+
+/// Adds the documents of `from..` up to `max` records or the head; returns the new end.
+pub fn add_from(
+    writer: &IndexWriter<TantivyDocument>,
+    fields: &Fields,
+    log: &LogReader,
+    from: Offset,
+    max: usize,
+) -> anyhow::Result<Offset> {
+    let mut next = from;
+    for item in log.iter_from(from).take(max) {
+        let (offset, record) = item?;
+        anyhow::ensure!(offset == next, "the log skipped from {next} to {offset}");
+        writer.add_document(document(fields, offset, &record))?;
+        next = offset.plus(1);
+    }
+    Ok(next)
+}
+
+/// Commits with `watermark` as the payload.
+pub fn commit(writer: &mut IndexWriter<TantivyDocument>, watermark: Offset) -> anyhow::Result<()> {
+    let mut prepared = writer.prepare_commit()?;
+    prepared.set_payload(&payload(watermark));
+    prepared.commit()?;
+    Ok(())
+}
+
+/// The running indexer thread.
+#[derive(Debug)]
+pub struct Indexer {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Records read between two looks at the clock and the stop flag.
+const CHUNK: usize = 20_000;
+const POLL: Duration = Duration::from_millis(10);
+const RETRY: Duration = Duration::from_secs(1);
+
+impl Indexer {
+    pub fn start(index: Arc<SearchIndex>, log: LogReader, config: IndexConfig) -> anyhow::Result<Self> {
+        let head = log.head();
+        let watermark = Offset(index.state().watermark);
+        anyhow::ensure!(
+            watermark <= head,
+            "the index covers offsets up to {watermark} but the log ends at {head}: an index of another log? run `verbatim reindex`"
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread =
+            std::thread::Builder::new().name("indexer".into()).spawn(move || run(&index, &log, &config, &s))?;
+        Ok(Self { stop, thread: Some(thread) })
+    }
+
+    /// Commits what has been added and stops.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(index: &SearchIndex, log: &LogReader, config: &IndexConfig, stop: &AtomicBool) {
+    loop {
+        match run_writer(index, log, config, stop) {
+            Ok(()) => return,
+            Err(e) => {
+                error!("indexer failed, restarting from the last commit: {e:#}");
+                index.metrics.errors.inc();
+                index.set(|st| st.error = Some(format!("{e:#}")));
+                let until = Instant::now() + RETRY;
+                while Instant::now() < until {
+                    if stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    std::thread::sleep(POLL);
+                }
+            }
+        }
+    }
+}
+
+fn run_writer(index: &SearchIndex, log: &LogReader, config: &IndexConfig, stop: &AtomicBool) -> anyhow::Result<()> {
+    let mut writer: IndexWriter<TantivyDocument> =
+        index.index.writer_with_num_threads(config.writer_threads.max(1), config.writer_memory_mb.max(16) << 20)?;
+    // Anything added but not committed before a failure is gone with the old writer.
+    let mut committed = committed_watermark(&index.index)?;
+    let mut pending = committed;
+    let interval = Duration::from_millis(config.commit_interval_ms);
+    let reconcile_every = Duration::from_secs(config.reconcile_interval_secs.max(1));
+    let mut last_commit = Instant::now();
+    let mut last_reconcile: Option<Instant> = None;
+    loop {
+        let stopping = stop.load(Ordering::SeqCst);
+        let head = log.head();
+        let before = pending;
+        if pending < head && !stopping {
+            pending = add_from(&writer, &index.fields, log, pending, CHUNK)?;
+        }
+        if pending > committed && (stopping || last_commit.elapsed() >= interval) {
+            let t = Instant::now();
+            commit(&mut writer, pending)?;
+            index.reader.reload()?;
+            index.metrics.commits.inc();
+            index.metrics.commit_seconds.observe(t.elapsed().as_secs_f64());
+            committed = pending;
+            last_commit = Instant::now();
+            let searcher = index.reader.searcher();
+            let deep = last_reconcile.is_none_or(|t| t.elapsed() >= reconcile_every);
+            let check = reconcile(&searcher, &index.fields, committed, deep);
+            if deep {
+                last_reconcile = Some(Instant::now());
+            }
+            report(index, &check);
+            index.set(|st| {
+                st.watermark = committed.0;
+                st.docs = check.docs;
+                st.last_commit = Some(UnixNanos::now().to_rfc3339());
+                st.last_reconciliation = Some(check);
+                st.error = None;
+            });
+        } else if last_reconcile.is_none_or(|t| t.elapsed() >= reconcile_every) && pending == committed {
+            let check = reconcile(&index.reader.searcher(), &index.fields, committed, true);
+            last_reconcile = Some(Instant::now());
+            report(index, &check);
+            index.set(|st| st.last_reconciliation = Some(check));
+        }
+        if stopping && pending == committed {
+            info!(watermark = %committed, "indexer stopped");
+            return Ok(());
+        }
+        if pending == before {
+            std::thread::sleep(POLL);
+        }
+    }
+}
+
+fn report(index: &SearchIndex, check: &Reconciliation) {
+    index.metrics.reconciliations.inc();
+    if check.ok {
+        index.metrics.consistent.set(1);
+    } else {
+        index.metrics.consistent.set(0);
+        index.metrics.reconcile_failures.inc();
+        warn!(
+            watermark = check.watermark,
+            docs = check.docs,
+            "the index does not match the log: {}; run `verbatim reindex`",
+            check.detail.as_deref().unwrap_or("")
+        );
+    }
+}

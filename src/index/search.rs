@@ -1,0 +1,727 @@
+//! Search and transcripts over the index.
+//!
+//! A query is parsed with tantivy's grammar and compiled here, not by
+//! tantivy's `QueryParser`, so every part of it is bounded (length, nesting,
+//! clauses, prefix and fuzzy expansion, a deadline) and so `word*` and
+//! `word~1` mean prefix and fuzzy. Filters are added as required clauses
+//! beside the parsed query: the query text cannot widen them.
+
+use std::cell::Cell;
+use std::collections::BTreeSet;
+use std::ops::Bound;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tantivy::collector::{Count, TopDocs};
+use tantivy::query::{
+    AllQuery, BooleanQuery, BoostQuery, EmptyQuery, FuzzyTermQuery, Occur, PhrasePrefixQuery, PhraseQuery, Query,
+    RangeQuery, TermQuery, TermSetQuery,
+};
+use tantivy::query_grammar::{self, Delimiter, UserInputAst, UserInputBound, UserInputLeaf, UserInputLiteral};
+use tantivy::schema::{Field, IndexRecordOption};
+use tantivy::tokenizer::{TokenStream, Tokenizer};
+use tantivy::{DocAddress, DocId, Score, Searcher, SegmentReader, Term};
+use verbatim_schema::{Offset, Record};
+
+use super::tokenizer::{is_ngram_char, ChatTokenizer};
+use super::{Fields, ID_FIELDS};
+use crate::log::{LogError, LogReader};
+
+/// `[search]`: bounds of `GET /v1/search` and transcripts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SearchConfig {
+    /// Longest query text, in bytes.
+    pub max_query_bytes: usize,
+    /// Most parenthesis levels in a query.
+    pub max_nesting: usize,
+    /// Most clauses (words, phrase terms, field values) in a query.
+    pub max_clauses: usize,
+    /// Most index terms a query's `prefix*` parts may expand to, together.
+    pub max_expansions: usize,
+    /// Shortest prefix before `*`, in characters (one is enough for CJK).
+    pub min_prefix_chars: usize,
+    /// Most `word~N` parts in a query.
+    pub max_fuzzy_terms: usize,
+    /// Largest edit distance of `word~N`.
+    pub max_fuzzy_distance: u8,
+    /// A search still running after this many milliseconds is stopped (400).
+    pub deadline_ms: u64,
+    /// Hits per page when `limit` is not given, and the largest `limit`.
+    pub default_limit: usize,
+    pub max_limit: usize,
+    /// Most events a transcript returns.
+    pub max_transcript_events: usize,
+    /// Longest snippet, in characters.
+    pub snippet_chars: usize,
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        Self {
+            max_query_bytes: 4096,
+            max_nesting: 16,
+            max_clauses: 256,
+            max_expansions: 1000,
+            min_prefix_chars: 2,
+            max_fuzzy_terms: 8,
+            max_fuzzy_distance: 2,
+            deadline_ms: 5000,
+            default_limit: 100,
+            max_limit: 1000,
+            max_transcript_events: 100_000,
+            snippet_chars: 200,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SearchError {
+    /// The request is at fault (400).
+    #[error("{0}")]
+    Bad(String),
+    /// Nothing matches what was asked for (404).
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<tantivy::TantivyError> for SearchError {
+    fn from(e: tantivy::TantivyError) -> Self {
+        SearchError::Internal(format!("index: {e}"))
+    }
+}
+
+impl From<LogError> for SearchError {
+    fn from(e: LogError) -> Self {
+        SearchError::Internal(format!("log: {e}"))
+    }
+}
+
+fn bad(msg: impl Into<String>) -> SearchError {
+    SearchError::Bad(msg.into())
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sort {
+    /// Newest first (`ts`, then offset).
+    #[default]
+    Time,
+    /// Best BM25 score first, then offset.
+    Relevance,
+}
+
+/// Filters added as required clauses beside the query.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Filters {
+    /// `ts` at or after, in Unix nanoseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<i64>,
+    /// `ts` before, in Unix nanoseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub participant: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conversation: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct SearchRequest {
+    pub q: String,
+    pub filters: Filters,
+    pub sort: Sort,
+    pub limit: usize,
+    pub cursor: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Found {
+    pub offset: Offset,
+    pub ts: i64,
+    pub score: Option<f32>,
+}
+
+#[derive(Debug)]
+pub struct SearchOutcome {
+    pub hits: Vec<Found>,
+    /// Matches of the query and filters, on every page together.
+    pub total: usize,
+    pub next_cursor: Option<String>,
+    /// The compiled query, for snippets.
+    pub query: Box<dyn Query>,
+    pub searcher: Searcher,
+}
+
+/// Where the previous page stopped: the sort key of its last hit.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Cursor {
+    Time { ts: i64, offset: u64 },
+    Relevance { score: f32, offset: u64 },
+}
+
+impl Cursor {
+    fn encode(self) -> String {
+        match self {
+            Cursor::Time { ts, offset } => format!("t.{ts}.{offset}"),
+            Cursor::Relevance { score, offset } => format!("r.{}.{offset}", score.to_bits()),
+        }
+    }
+
+    fn decode(s: &str, sort: Sort) -> Result<Self, SearchError> {
+        let invalid = || bad(format!("`cursor` {s:?} is not a cursor of this search: pass `next_cursor` as given"));
+        let mut parts = s.split('.');
+        let (kind, a, b) = (parts.next(), parts.next(), parts.next());
+        if parts.next().is_some() {
+            return Err(invalid());
+        }
+        let offset: u64 = b.and_then(|b| b.parse().ok()).ok_or_else(invalid)?;
+        match (kind, sort) {
+            (Some("t"), Sort::Time) => {
+                Ok(Cursor::Time { ts: a.and_then(|a| a.parse().ok()).ok_or_else(invalid)?, offset })
+            }
+            (Some("r"), Sort::Relevance) => Ok(Cursor::Relevance {
+                score: f32::from_bits(a.and_then(|a| a.parse().ok()).ok_or_else(invalid)?),
+                offset,
+            }),
+            _ => Err(invalid()),
+        }
+    }
+}
+
+/// Compiles query text into a bounded tantivy query.
+struct Compiler<'a> {
+    cfg: &'a SearchConfig,
+    fields: &'a Fields,
+    searcher: &'a Searcher,
+    clauses: usize,
+    expansions: usize,
+    fuzzy: usize,
+    tokenizer: ChatTokenizer,
+}
+
+enum FieldKind {
+    Body,
+    Id(Field),
+    Conversation,
+}
+
+impl Compiler<'_> {
+    fn field(&self, name: Option<&str>) -> Result<FieldKind, SearchError> {
+        let f = self.fields;
+        Ok(match name.unwrap_or("body") {
+            "body" => FieldKind::Body,
+            "from" => FieldKind::Id(f.from),
+            "to" => FieldKind::Id(f.to),
+            "participant" => FieldKind::Id(f.participant),
+            "channel" => FieldKind::Id(f.channel),
+            "network" => FieldKind::Id(f.network),
+            "kind" => FieldKind::Id(f.kind),
+            "site" => FieldKind::Id(f.site),
+            "source" => FieldKind::Id(f.source),
+            "conversation" => FieldKind::Conversation,
+            other => {
+                return Err(bad(format!(
+                    "unknown field `{other}`: a query may name body, {}, conversation, and ts in a range",
+                    ID_FIELDS.join(", ")
+                )))
+            }
+        })
+    }
+
+    fn count(&mut self, n: usize) -> Result<(), SearchError> {
+        self.clauses += n;
+        if self.clauses > self.cfg.max_clauses {
+            return Err(bad(format!(
+                "the query has more than {} clauses (words, phrase terms, values)",
+                self.cfg.max_clauses
+            )));
+        }
+        Ok(())
+    }
+
+    fn compile(&mut self, ast: &UserInputAst, depth: usize) -> Result<Option<Box<dyn Query>>, SearchError> {
+        if depth > self.cfg.max_nesting {
+            return Err(bad(format!("the query nests deeper than {} levels", self.cfg.max_nesting)));
+        }
+        match ast {
+            UserInputAst::Clause(items) => {
+                let mut subs: Vec<(Occur, Box<dyn Query>)> = Vec::with_capacity(items.len());
+                for (occur, item) in items {
+                    let occur = match occur {
+                        None | Some(query_grammar::Occur::Must) => Occur::Must,
+                        Some(query_grammar::Occur::Should) => Occur::Should,
+                        Some(query_grammar::Occur::MustNot) => Occur::MustNot,
+                    };
+                    if let Some(q) = self.compile(item, depth + 1)? {
+                        subs.push((occur, q));
+                    }
+                }
+                if subs.is_empty() {
+                    return Ok(None);
+                }
+                if subs.iter().all(|(o, _)| *o == Occur::MustNot) {
+                    subs.push((Occur::Must, Box::new(AllQuery)));
+                }
+                if subs.len() == 1 && subs[0].0 != Occur::MustNot {
+                    return Ok(subs.pop().map(|(_, q)| q));
+                }
+                Ok(Some(Box::new(BooleanQuery::new(subs))))
+            }
+            UserInputAst::Boost(inner, boost) => Ok(self
+                .compile(inner, depth + 1)?
+                .map(|q| Box::new(BoostQuery::new(q, boost.0 as Score)) as Box<dyn Query>)),
+            UserInputAst::Leaf(leaf) => self.leaf(leaf),
+        }
+    }
+
+    fn leaf(&mut self, leaf: &UserInputLeaf) -> Result<Option<Box<dyn Query>>, SearchError> {
+        match leaf {
+            UserInputLeaf::Literal(lit) => self.literal(lit),
+            UserInputLeaf::All => {
+                self.count(1)?;
+                Ok(Some(Box::new(AllQuery)))
+            }
+            UserInputLeaf::Range { field, lower, upper } => {
+                self.count(1)?;
+                if field.as_deref() != Some("ts") {
+                    return Err(bad(
+                        "ranges are supported on `ts` only, e.g. ts:[2024-01-01T00:00:00Z TO 2024-02-01T00:00:00Z]",
+                    ));
+                }
+                let bound = |b: &UserInputBound| -> Result<Bound<Term>, SearchError> {
+                    Ok(match b {
+                        UserInputBound::Inclusive(s) => {
+                            Bound::Included(Term::from_field_i64(self.fields.ts, parse_time(s)?))
+                        }
+                        UserInputBound::Exclusive(s) => {
+                            Bound::Excluded(Term::from_field_i64(self.fields.ts, parse_time(s)?))
+                        }
+                        UserInputBound::Unbounded => Bound::Unbounded,
+                    })
+                };
+                Ok(Some(Box::new(RangeQuery::new(bound(lower)?, bound(upper)?))))
+            }
+            UserInputLeaf::Set { field, elements } => {
+                self.count(elements.len())?;
+                let terms = match self.field(field.as_deref())? {
+                    FieldKind::Id(f) => {
+                        elements.iter().map(|e| Term::from_field_text(f, &e.to_lowercase())).collect::<Vec<_>>()
+                    }
+                    FieldKind::Conversation => elements
+                        .iter()
+                        .map(|e| {
+                            e.parse::<u64>()
+                                .map(|v| Term::from_field_u64(self.fields.conversation, v))
+                                .map_err(|_| bad(format!("conversation ids are numbers, not `{e}`")))
+                        })
+                        .collect::<Result<_, _>>()?,
+                    FieldKind::Body => return Err(bad("`IN [...]` applies to identity fields, not the body")),
+                };
+                Ok(Some(Box::new(TermSetQuery::new(terms))))
+            }
+            UserInputLeaf::Exists { field } => Err(bad(format!("`{field}:*` (field exists) is not supported"))),
+            UserInputLeaf::Regex { .. } => Err(bad("regular expressions are not supported; use `prefix*` or `word~1`")),
+        }
+    }
+
+    fn literal(&mut self, lit: &UserInputLiteral) -> Result<Option<Box<dyn Query>>, SearchError> {
+        let mut text = lit.phrase.as_str();
+        let mut prefix = lit.prefix;
+        // The grammar leaves `word~N` and `word*` in the text of an unquoted literal.
+        let mut distance = 0u32;
+        if lit.delimiter == Delimiter::None {
+            if let Some((word, n)) = text.rsplit_once('~') {
+                if !word.is_empty() && n.chars().all(|c| c.is_ascii_digit()) {
+                    distance = if n.is_empty() { 2 } else { n.parse().unwrap_or(u32::MAX) };
+                    text = word;
+                }
+            }
+            if let Some(stripped) = text.strip_suffix('*') {
+                text = stripped;
+                prefix = true;
+            }
+            if text.contains('*') {
+                return Err(bad(format!("`{}`: only a trailing `*` (prefix) is supported", lit.phrase)));
+            }
+        }
+        let fuzzy = distance > 0;
+        if fuzzy && prefix {
+            return Err(bad(format!("`{}`: a word is either fuzzy (`~`) or a prefix (`*`), not both", lit.phrase)));
+        }
+        match self.field(lit.field_name.as_deref())? {
+            FieldKind::Conversation => {
+                self.count(1)?;
+                if prefix || fuzzy {
+                    return Err(bad("conversation ids take neither `*` nor `~`"));
+                }
+                let id: u64 = text.parse().map_err(|_| bad(format!("conversation ids are numbers, not `{text}`")))?;
+                let term = Term::from_field_u64(self.fields.conversation, id);
+                Ok(Some(Box::new(TermQuery::new(term, IndexRecordOption::Basic))))
+            }
+            FieldKind::Id(field) => {
+                self.count(1)?;
+                if fuzzy {
+                    return Err(bad("`~` (fuzzy) applies to words of the body, not to identity fields"));
+                }
+                let value = text.to_lowercase();
+                if prefix {
+                    return self.prefix(field, &value).map(Some);
+                }
+                Ok(Some(Box::new(TermQuery::new(Term::from_field_text(field, &value), IndexRecordOption::Basic))))
+            }
+            FieldKind::Body => {
+                let field = self.fields.body;
+                let mut terms: Vec<(usize, Term)> = Vec::new();
+                let mut stream = self.tokenizer.token_stream(text);
+                while stream.advance() {
+                    let t = stream.token();
+                    terms.push((t.position, Term::from_field_text(field, &t.text)));
+                }
+                if terms.is_empty() {
+                    return Ok(None);
+                }
+                self.count(terms.len())?;
+                if fuzzy {
+                    if terms.len() > 1 {
+                        return Err(bad(format!(
+                            "`{}`: fuzzy matching applies to one word; for words near each other use \"a b\"~N",
+                            lit.phrase
+                        )));
+                    }
+                    self.fuzzy += 1;
+                    if self.fuzzy > self.cfg.max_fuzzy_terms {
+                        return Err(bad(format!(
+                            "more than {} fuzzy (`~`) words in one query",
+                            self.cfg.max_fuzzy_terms
+                        )));
+                    }
+                    if distance > u32::from(self.cfg.max_fuzzy_distance) {
+                        return Err(bad(format!(
+                            "fuzzy distance {distance} is over the limit of {}",
+                            self.cfg.max_fuzzy_distance
+                        )));
+                    }
+                    let (_, term) = terms.remove(0);
+                    return Ok(Some(Box::new(FuzzyTermQuery::new(term, distance as u8, true))));
+                }
+                if prefix && terms.len() == 1 {
+                    let (_, term) = terms.remove(0);
+                    let word = term.value().as_str().unwrap_or_default().to_string();
+                    return self.prefix(field, &word).map(Some);
+                }
+                if prefix {
+                    let mut q = PhrasePrefixQuery::new_with_offset(terms);
+                    let left = self.cfg.max_expansions.saturating_sub(self.expansions).max(1);
+                    q.set_max_expansions(left as u32);
+                    return Ok(Some(Box::new(q)));
+                }
+                if terms.len() == 1 {
+                    let (_, term) = terms.remove(0);
+                    return Ok(Some(Box::new(TermQuery::new(term, IndexRecordOption::WithFreqs))));
+                }
+                Ok(Some(Box::new(PhraseQuery::new_with_offset_and_slop(terms, lit.slop))))
+            }
+        }
+    }
+
+    /// `word*`: expanded here against the index's terms, at most `max_expansions`.
+    fn prefix(&mut self, field: Field, prefix: &str) -> Result<Box<dyn Query>, SearchError> {
+        let chars = prefix.chars().count();
+        let cjk = prefix.chars().next().is_some_and(is_ngram_char);
+        if chars < self.cfg.min_prefix_chars && !(cjk && chars >= 1) {
+            return Err(bad(format!("`{prefix}*`: a prefix needs at least {} characters", self.cfg.min_prefix_chars)));
+        }
+        let mut found: BTreeSet<Vec<u8>> = BTreeSet::new();
+        for seg in self.searcher.segment_readers() {
+            let inv = seg.inverted_index(field)?;
+            let mut stream = inv
+                .terms()
+                .range()
+                .ge(prefix.as_bytes())
+                .into_stream()
+                .map_err(|e| SearchError::Internal(format!("index: {e}")))?;
+            while stream.advance() {
+                let key = stream.key();
+                if !key.starts_with(prefix.as_bytes()) {
+                    break;
+                }
+                if found.insert(key.to_vec()) {
+                    self.expansions += 1;
+                    if self.expansions > self.cfg.max_expansions {
+                        return Err(bad(format!(
+                            "`{prefix}*` matches more than {} words; make the prefix longer",
+                            self.cfg.max_expansions
+                        )));
+                    }
+                }
+            }
+        }
+        if found.is_empty() {
+            return Ok(Box::new(EmptyQuery));
+        }
+        let terms: Vec<Term> =
+            found.iter().filter_map(|k| std::str::from_utf8(k).ok()).map(|k| Term::from_field_text(field, k)).collect();
+        let subs = terms
+            .into_iter()
+            .map(|t| (Occur::Should, Box::new(TermQuery::new(t, IndexRecordOption::WithFreqs)) as Box<dyn Query>))
+            .collect();
+        Ok(Box::new(BooleanQuery::new(subs)))
+    }
+}
+
+/// RFC 3339 (`2024-05-01T12:00:00Z`), a date (`2024-05-01`, midnight UTC), or Unix nanoseconds.
+pub fn parse_time(s: &str) -> Result<i64, SearchError> {
+    let s = s.trim();
+    if let Ok(n) = s.parse::<i64>() {
+        return Ok(n);
+    }
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return t.timestamp_nanos_opt().ok_or_else(|| bad(format!("time `{s}` is out of range")));
+    }
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        if let Some(t) = d.and_hms_opt(0, 0, 0).and_then(|t| t.and_utc().timestamp_nanos_opt()) {
+            return Ok(t);
+        }
+    }
+    Err(bad(format!(
+        "`{s}` is not a time: use RFC 3339 (2024-05-01T12:00:00Z), a date (2024-05-01) or Unix nanoseconds"
+    )))
+}
+
+/// Deepest parenthesis nesting of the raw text, checked before parsing so a
+/// hostile query cannot exhaust the parser's stack.
+fn nesting(q: &str) -> usize {
+    let (mut depth, mut max) = (0usize, 0usize);
+    for c in q.chars() {
+        match c {
+            '(' | '[' | '{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            ')' | ']' | '}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+/// Parses and compiles `q` with `filters` as required clauses.
+pub fn compile(
+    cfg: &SearchConfig,
+    fields: &Fields,
+    searcher: &Searcher,
+    q: &str,
+    filters: &Filters,
+) -> Result<Box<dyn Query>, SearchError> {
+    if q.len() > cfg.max_query_bytes {
+        return Err(bad(format!("the query is {} bytes, over the limit of {}", q.len(), cfg.max_query_bytes)));
+    }
+    if nesting(q) > cfg.max_nesting {
+        return Err(bad(format!("the query nests deeper than {} levels", cfg.max_nesting)));
+    }
+    let mut c =
+        Compiler { cfg, fields, searcher, clauses: 0, expansions: 0, fuzzy: 0, tokenizer: ChatTokenizer::default() };
+    let user = if q.trim().is_empty() {
+        Box::new(AllQuery) as Box<dyn Query>
+    } else {
+        let ast = query_grammar::parse_query(q).map_err(|_| {
+            bad("the query does not parse: check quotes, parentheses and `field:value` pairs (tantivy query syntax)")
+        })?;
+        c.compile(&ast, 0)?.ok_or_else(|| bad("the query has no searchable words"))?
+    };
+    let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![(Occur::Must, user)];
+    let id = |field: Field, v: &str| -> Box<dyn Query> {
+        Box::new(TermQuery::new(Term::from_field_text(field, &v.to_lowercase()), IndexRecordOption::Basic))
+    };
+    if let Some(v) = &filters.network {
+        clauses.push((Occur::Must, id(fields.network, v)));
+    }
+    if let Some(v) = &filters.participant {
+        clauses.push((Occur::Must, id(fields.participant, v)));
+    }
+    if let Some(v) = &filters.channel {
+        clauses.push((Occur::Must, id(fields.channel, v)));
+    }
+    if let Some(v) = filters.conversation {
+        let t = Term::from_field_u64(fields.conversation, v);
+        clauses.push((Occur::Must, Box::new(TermQuery::new(t, IndexRecordOption::Basic))));
+    }
+    if filters.from.is_some() || filters.to.is_some() {
+        let lower = filters.from.map_or(Bound::Unbounded, |v| Bound::Included(Term::from_field_i64(fields.ts, v)));
+        let upper = filters.to.map_or(Bound::Unbounded, |v| Bound::Excluded(Term::from_field_i64(fields.ts, v)));
+        clauses.push((Occur::Must, Box::new(RangeQuery::new(lower, upper))));
+    }
+    if clauses.len() == 1 {
+        return Ok(clauses.remove(0).1);
+    }
+    Ok(Box::new(BooleanQuery::new(clauses)))
+}
+
+/// Stops a search past its deadline: the per-document sort key checks the
+/// clock every few thousand documents and, once late, ranks everything last.
+#[derive(Debug)]
+struct Deadline {
+    at: Instant,
+    passed: AtomicBool,
+}
+
+const CHECK_EVERY: u32 = 4096;
+
+/// Top documents by a sort key (`None`: ranked out), and the match count.
+type Ranked<K> = (Vec<(Option<K>, DocAddress)>, usize);
+
+impl Deadline {
+    fn tick(&self, n: &Cell<u32>) -> bool {
+        let k = n.get().wrapping_add(1);
+        n.set(k);
+        if k.is_multiple_of(CHECK_EVERY) && Instant::now() > self.at {
+            self.passed.store(true, Ordering::Relaxed);
+        }
+        self.passed.load(Ordering::Relaxed)
+    }
+}
+
+pub fn search(
+    index: &super::indexer::SearchIndex,
+    cfg: &SearchConfig,
+    req: &SearchRequest,
+) -> Result<SearchOutcome, SearchError> {
+    let limit = if req.limit == 0 { cfg.default_limit } else { req.limit };
+    if limit > cfg.max_limit {
+        return Err(bad(format!("`limit` {limit} is over the maximum of {}", cfg.max_limit)));
+    }
+    let cursor = req.cursor.as_deref().map(|c| Cursor::decode(c, req.sort)).transpose()?;
+    let searcher = index.searcher();
+    let fields = index.fields;
+    let query = compile(cfg, &fields, &searcher, &req.q, &req.filters)?;
+    let deadline = Arc::new(Deadline {
+        at: Instant::now() + Duration::from_millis(cfg.deadline_ms),
+        passed: AtomicBool::new(false),
+    });
+    let ts_name = searcher.schema().get_field_name(fields.ts).to_string();
+    let off_name = searcher.schema().get_field_name(fields.offset).to_string();
+    // Sort keys are `None` for documents ranked out: before the cursor, or
+    // seen after the deadline. `None` sorts below every `Some`.
+    let (found, total) = match req.sort {
+        Sort::Time => {
+            let d = deadline.clone();
+            let key = move |seg: &SegmentReader| {
+                let ts = seg.fast_fields().i64(&ts_name).map(|c| c.first_or_default_col(i64::MIN));
+                let off = seg.fast_fields().u64(&off_name).map(|c| c.first_or_default_col(0));
+                let d = d.clone();
+                let n = Cell::new(0u32);
+                move |doc: DocId| -> Option<(i64, u64)> {
+                    let (Ok(ts), Ok(off)) = (&ts, &off) else { return None };
+                    if d.tick(&n) {
+                        return None;
+                    }
+                    let k = (ts.get_val(doc), off.get_val(doc));
+                    match cursor {
+                        Some(Cursor::Time { ts, offset }) if k >= (ts, offset) => None,
+                        _ => Some(k),
+                    }
+                }
+            };
+            let collector = (TopDocs::with_limit(limit).order_by(key), Count);
+            let (top, total): Ranked<(i64, u64)> = searcher.search(&*query, &collector)?;
+            let found: Vec<Found> = top
+                .into_iter()
+                .flat_map(|(k, _)| k)
+                .map(|(ts, off)| Found { offset: Offset(off), ts, score: None })
+                .collect();
+            (found, total)
+        }
+        Sort::Relevance => {
+            let d = deadline.clone();
+            let key = move |seg: &SegmentReader| {
+                let ts = seg.fast_fields().i64(&ts_name).map(|c| c.first_or_default_col(i64::MIN));
+                let off = seg.fast_fields().u64(&off_name).map(|c| c.first_or_default_col(0));
+                let d = d.clone();
+                let n = Cell::new(0u32);
+                move |doc: DocId, score: Score| -> Option<(f32, u64, i64)> {
+                    let (Ok(ts), Ok(off)) = (&ts, &off) else { return None };
+                    if d.tick(&n) {
+                        return None;
+                    }
+                    let o = off.get_val(doc);
+                    match cursor {
+                        Some(Cursor::Relevance { score: s, offset }) if (score, o) >= (s, offset) => None,
+                        _ => Some((score, o, ts.get_val(doc))),
+                    }
+                }
+            };
+            let collector = (TopDocs::with_limit(limit).tweak_score(key), Count);
+            let (top, total): Ranked<(f32, u64, i64)> = searcher.search(&*query, &collector)?;
+            let found = top
+                .into_iter()
+                .flat_map(|(k, _)| k)
+                .map(|(s, off, ts)| Found { offset: Offset(off), ts, score: Some(s) })
+                .collect();
+            (found, total)
+        }
+    };
+    if deadline.passed.load(Ordering::Relaxed) {
+        return Err(bad(format!(
+            "the search ran past its deadline of {} ms: narrow the query or add filters",
+            cfg.deadline_ms
+        )));
+    }
+    let next_cursor = if found.len() == limit {
+        found.last().map(|h| match (req.sort, h.score) {
+            (Sort::Relevance, Some(score)) => Cursor::Relevance { score, offset: h.offset.0 }.encode(),
+            _ => Cursor::Time { ts: h.ts, offset: h.offset.0 }.encode(),
+        })
+    } else {
+        None
+    };
+    Ok(SearchOutcome { hits: found, total, next_cursor, query, searcher })
+}
+
+/// The records at `offsets`, in the order given, decoding each block once
+/// for neighbouring offsets.
+pub fn fetch(log: &LogReader, offsets: &[Offset]) -> Result<Vec<Record>, SearchError> {
+    let mut block: Option<crate::log::reader::BlockRecords> = None;
+    let mut out = Vec::with_capacity(offsets.len());
+    for &o in offsets {
+        if !block.as_ref().is_some_and(|b| b.first <= o && o < b.end()) {
+            block = Some(log.block_at(o)?);
+        }
+        let b = block.as_ref().ok_or_else(|| SearchError::Internal("no block".into()))?;
+        let r = verbatim_schema::decode_record(b.bytes((o.0 - b.first.0) as usize))
+            .map_err(|e| SearchError::Internal(format!("record {o}: {e}")))?;
+        out.push(r);
+    }
+    Ok(out)
+}
+
+/// The offsets of conversation `id` in the index, oldest first, at most `max`
+/// (and whether there were more).
+pub fn conversation_offsets(
+    index: &super::indexer::SearchIndex,
+    id: u64,
+    max: usize,
+) -> Result<(Vec<Offset>, bool), SearchError> {
+    let searcher = index.searcher();
+    let off_name = searcher.schema().get_field_name(index.fields.offset).to_string();
+    let query = TermQuery::new(Term::from_field_u64(index.fields.conversation, id), IndexRecordOption::Basic);
+    let key = move |seg: &SegmentReader| {
+        let off = seg.fast_fields().u64(&off_name).map(|c| c.first_or_default_col(u64::MAX));
+        move |doc: DocId| -> u64 { off.as_ref().map_or(0, |c| u64::MAX - c.get_val(doc)) }
+    };
+    let (top, total): (Vec<(u64, DocAddress)>, usize) =
+        searcher.search(&query, &(TopDocs::with_limit(max.max(1)).order_by(key), Count))?;
+    let offsets = top.into_iter().map(|(k, _)| Offset(u64::MAX - k)).collect();
+    Ok((offsets, total > max))
+}
+
+#[cfg(test)]
+mod tests;
