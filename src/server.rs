@@ -59,6 +59,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         index,
         search: config.search.clone(),
         audit: audit.clone(),
+        blocks: Arc::new(crate::log::cache::BlockCache::new(config.search.block_cache_mb << 20)),
     });
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await

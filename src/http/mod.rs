@@ -27,6 +27,7 @@ use crate::auth::{Role, TokenStore};
 use crate::config::IngestConfig;
 use crate::index::indexer::SearchIndex;
 use crate::index::search::SearchConfig;
+use crate::log::cache::BlockCache;
 use crate::log::LogHandle;
 use crate::metrics::Metrics;
 
@@ -42,6 +43,7 @@ pub struct AppState {
     pub index: Arc<SearchIndex>,
     pub search: SearchConfig,
     pub audit: Arc<Audit>,
+    pub blocks: Arc<BlockCache>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {

@@ -133,7 +133,7 @@ pub async fn get_search(
     let answer = tokio::task::spawn_blocking(move || -> Result<(Value, usize), SearchError> {
         let out = search::search(&st.index, &st.search, &r)?;
         let offsets: Vec<Offset> = out.hits.iter().map(|h| h.offset).collect();
-        let records = search::fetch(st.log.reader(), &offsets)?;
+        let records = st.blocks.records(st.log.reader(), &offsets)?;
         let mut snippets = SnippetGenerator::create(&out.searcher, &*out.query, st.index.fields.body)?;
         snippets.set_max_num_chars(st.search.snippet_chars);
         let hits: Vec<Value> = out
@@ -193,7 +193,7 @@ pub async fn get_conversation(
                 "no conversation {id} in the index (it covers log offsets below {watermark})"
             )));
         }
-        let records = search::fetch(st.log.reader(), &offsets)?;
+        let records = st.blocks.records(st.log.reader(), &offsets)?;
         let window = match around {
             None => 0..offsets.len(),
             Some(a) => {

@@ -70,6 +70,7 @@ fn fixture(queue_depth: usize) -> Fixture {
         )
         .expect("audit")
         .0,
+        blocks: Arc::new(crate::log::cache::BlockCache::new(1 << 20)),
     });
     Fixture { _tmp: tmp, state, storage, audit_storage, ingest, other_ingest, auditor }
 }

@@ -23,11 +23,11 @@ use tantivy::query_grammar::{self, Delimiter, UserInputAst, UserInputBound, User
 use tantivy::schema::{Field, IndexRecordOption};
 use tantivy::tokenizer::{TokenStream, Tokenizer};
 use tantivy::{DocAddress, DocId, Score, Searcher, SegmentReader, Term};
-use verbatim_schema::{Offset, Record};
+use verbatim_schema::Offset;
 
 use super::tokenizer::{is_ngram_char, ChatTokenizer};
 use super::{Fields, ID_FIELDS};
-use crate::log::{LogError, LogReader};
+use crate::log::LogError;
 
 /// `[search]`: bounds of `GET /v1/search` and transcripts.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +56,8 @@ pub struct SearchConfig {
     pub max_transcript_events: usize,
     /// Longest snippet, in characters.
     pub snippet_chars: usize,
+    /// Decoded log blocks kept for reading hits and transcripts, in MiB.
+    pub block_cache_mb: usize,
 }
 
 impl Default for SearchConfig {
@@ -73,6 +75,7 @@ impl Default for SearchConfig {
             max_limit: 1000,
             max_transcript_events: 100_000,
             snippet_chars: 200,
+            block_cache_mb: 256,
         }
     }
 }
@@ -686,23 +689,6 @@ pub fn search(
     Ok(SearchOutcome { hits: found, total, next_cursor, query, searcher })
 }
 
-/// The records at `offsets`, in the order given, decoding each block once
-/// for neighbouring offsets.
-pub fn fetch(log: &LogReader, offsets: &[Offset]) -> Result<Vec<Record>, SearchError> {
-    let mut block: Option<crate::log::reader::BlockRecords> = None;
-    let mut out = Vec::with_capacity(offsets.len());
-    for &o in offsets {
-        if !block.as_ref().is_some_and(|b| b.first <= o && o < b.end()) {
-            block = Some(log.block_at(o)?);
-        }
-        let b = block.as_ref().ok_or_else(|| SearchError::Internal("no block".into()))?;
-        let r = verbatim_schema::decode_record(b.bytes((o.0 - b.first.0) as usize))
-            .map_err(|e| SearchError::Internal(format!("record {o}: {e}")))?;
-        out.push(r);
-    }
-    Ok(out)
-}
-
 /// The offsets of conversation `id` in the index, oldest first, at most `max`
 /// (and whether there were more).
 pub fn conversation_offsets(
@@ -724,4 +710,4 @@ pub fn conversation_offsets(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

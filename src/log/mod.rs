@@ -9,10 +9,12 @@
 //! - [`writer`]: the synchronous writer core (stamp, encode, write, fsync, roll);
 //! - [`seal`]: sealing a rolled segment into large blocks plus a footer;
 //! - [`reader`]: reads by offset and iteration through the sparse block index;
+//! - [`cache`]: decoded blocks kept for the read path;
 //! - [`sequencer`]: what decides, in log order, what each batch appends;
 //! - [`handle`]: the one async writer task with group commit;
 //! - [`verify`]: the offline deep check of every segment.
 
+pub mod cache;
 pub mod chain;
 pub mod frame;
 pub mod handle;

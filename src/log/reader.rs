@@ -35,6 +35,11 @@ impl BlockRecords {
         &self.raw[self.spans[i].clone()]
     }
 
+    /// Bytes of the decoded block.
+    pub fn raw_len(&self) -> usize {
+        self.raw.len()
+    }
+
     pub fn end(&self) -> Offset {
         self.first.plus(self.spans.len() as u64)
     }

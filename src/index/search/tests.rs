@@ -269,7 +269,8 @@ fn add_from_indexes_a_log_range() {
     let s = SearchIndex::new(index, fields, Arc::new(IndexMetrics::default())).expect("index");
     s.reader.reload().expect("reload");
     assert_eq!(hits(&s, "quick"), [7, 1, 0]);
-    let records = fetch(&log.reader(), &[Offset(7), Offset(0), Offset(33)]).expect("fetch");
+    let cache = crate::log::cache::BlockCache::new(1 << 20);
+    let records = cache.records(&log.reader(), &[Offset(7), Offset(0), Offset(33)]).expect("fetch");
     assert_eq!(records[0].event.body, "Quick brown bears");
     assert_eq!(records[1].event.from, "alice");
     assert_eq!(records[2].event.body, "page filler number 24");
