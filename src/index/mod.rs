@@ -80,7 +80,10 @@ pub fn schema() -> (Schema, Fields) {
             .set_index_option(IndexRecordOption::WithFreqsAndPositions),
     );
     let id = TextOptions::default().set_indexing_options(
-        TextFieldIndexing::default().set_tokenizer(ID_TOKENIZER).set_index_option(IndexRecordOption::Basic),
+        TextFieldIndexing::default()
+            .set_tokenizer(ID_TOKENIZER)
+            .set_index_option(IndexRecordOption::Basic)
+            .set_fieldnorms(false),
     );
     let fields = Fields {
         body: b.add_text_field("body", body),
