@@ -10,6 +10,11 @@
 //! Both use the same writer memory. Prints events/s, the ratio, and index
 //! bytes per event after merges.
 //!
+//! With `--search INDEX_DIR --queries FILE`, it instead runs the queries with
+//! tantivy alone on an existing Verbatim index (tantivy's `QueryParser`,
+//! newest first by the `ts` fast field, offsets from the fast field, no
+//! HTTP, no bodies, no audit), 1 and 4 threads: the reference for search latency.
+//!
 //! `tools/bench-search.sh` runs it: `cargo bench --bench index -- --events FILE [--n N] [--dir DIR] [--passes P]`
 
 use std::io::{BufRead, BufReader};
@@ -29,6 +34,7 @@ const COMMIT_EVERY: usize = 100_000;
 const MEMORY: usize = 128 << 20;
 
 struct Args {
+    search: Option<(PathBuf, PathBuf)>,
     events: PathBuf,
     n: usize,
     dir: PathBuf,
@@ -38,6 +44,7 @@ struct Args {
 fn args() -> anyhow::Result<Args> {
     let mut events = std::env::var_os("VERBATIM_BENCH_EVENTS").map(PathBuf::from);
     let (mut n, mut dir, mut passes) = (1_000_000, std::env::temp_dir(), 2);
+    let (mut search, mut queries) = (None, None);
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -45,11 +52,17 @@ fn args() -> anyhow::Result<Args> {
             "--n" => n = it.next().context("--n N")?.parse()?,
             "--dir" => dir = it.next().context("--dir DIR")?.into(),
             "--passes" => passes = it.next().context("--passes P")?.parse()?,
+            "--search" => search = it.next().map(PathBuf::from),
+            "--queries" => queries = it.next().map(PathBuf::from),
             "--bench" => {}
             other => anyhow::bail!("unknown argument {other}"),
         }
     }
-    Ok(Args { events: events.context("give --events FILE")?, n, dir, passes })
+    if let Some(index) = search {
+        let queries = queries.context("--search needs --queries FILE")?;
+        return Ok(Args { search: Some((index, queries)), events: PathBuf::new(), n, dir, passes });
+    }
+    Ok(Args { search: None, events: events.context("give --events FILE")?, n, dir, passes })
 }
 
 fn parse(line: &[u8], i: usize, limits: &Limits) -> anyhow::Result<Record> {
@@ -175,8 +188,85 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// A queries-file line in tantivy syntax (`word|and|phrase<TAB>words` or as is).
+fn query_text(line: &str) -> String {
+    match line.split_once('\t') {
+        Some(("word", w)) => w.split_whitespace().next().unwrap_or("").to_string(),
+        Some(("and", w)) => w.split_whitespace().collect::<Vec<_>>().join(" AND "),
+        Some(("phrase", w)) => format!("\"{}\"", w.split_whitespace().collect::<Vec<_>>().join(" ")),
+        _ => line.to_string(),
+    }
+}
+
+fn bare_search(index_dir: &Path, queries: &Path, passes: usize) -> anyhow::Result<()> {
+    let (index, fields) = verbatim::index::open(index_dir)?;
+    let reader = index.reader()?;
+    let mut parser = tantivy::query::QueryParser::for_index(&index, vec![fields.body]);
+    parser.set_conjunction_by_default();
+    let queries: Vec<String> = std::fs::read_to_string(queries)?
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(query_text)
+        .collect();
+    println!(
+        "bare tantivy on {} ({} docs, {} segments): {} queries",
+        index_dir.display(),
+        reader.searcher().num_docs(),
+        reader.searcher().segment_readers().len(),
+        queries.len()
+    );
+    for threads in [1usize, 4] {
+        let lat = std::sync::Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            for t in 0..threads {
+                let (reader, parser, queries, lat) = (&reader, &parser, &queries, &lat);
+                s.spawn(move || {
+                    let searcher = reader.searcher();
+                    let n = queries.len();
+                    for pass in 0..=passes {
+                        for i in 0..n {
+                            let q = &queries[(i + t * n / threads) % n];
+                            let start = Instant::now();
+                            let Ok(query) = parser.parse_query(q) else { continue };
+                            let top = tantivy::collector::TopDocs::with_limit(100)
+                                .order_by_fast_field::<i64>("ts", tantivy::Order::Desc);
+                            let hits = searcher.search(&query, &top).expect("search");
+                            let mut offsets = Vec::with_capacity(hits.len());
+                            for (_, addr) in hits {
+                                let col = searcher
+                                    .segment_reader(addr.segment_ord)
+                                    .fast_fields()
+                                    .u64("offset")
+                                    .expect("offset");
+                                offsets.push(col.first(addr.doc_id));
+                            }
+                            std::hint::black_box(offsets);
+                            if pass > 0 {
+                                lat.lock().expect("lock").push(start.elapsed().as_secs_f64() * 1e3);
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        let mut lat = lat.into_inner().expect("lock");
+        lat.sort_by(f64::total_cmp);
+        let p = |q: f64| lat[((lat.len() - 1) as f64 * q).round() as usize];
+        println!(
+            "RESULT bare tantivy search, {threads} thread(s), warm: p50 {:.3} ms p99 {:.3} ms ({} queries)",
+            p(0.5),
+            p(0.99),
+            lat.len()
+        );
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let a = args()?;
+    if let Some((index, queries)) = &a.search {
+        return bare_search(index, queries, a.passes);
+    }
     let (lines, records) = load(&a.events, a.n)?;
     let n = records.len();
     let work = tempfile::Builder::new().prefix("verbatim-index-bench").tempdir_in(&a.dir)?;

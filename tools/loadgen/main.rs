@@ -8,7 +8,12 @@
 //!                        [--seed 42] [--acks FILE] [--state DIR] [--stop-file PATH]
 //! verbatim-loadgen check --acks FILE --archive DUMP.ndjson
 //! verbatim-loadgen gen   --events N [--clients 1] [--seed 42]      (NDJSON on stdout)
+//! verbatim-loadgen query --url URL --token T --queries FILE [--clients 1] [--passes 3]
+//! verbatim-loadgen probe --url URL --ingest-token T --token T [--probes 100]
 //! ```
+//! `query` times `GET /v1/search` (bodies included) per request; `probe`
+//! measures time to searchable: from the ack of an event carrying a unique
+//! word to the first search that finds it.
 //! `run` keeps retrying a batch (same keys, same content) through 429, 503
 //! and refused connections until it is acknowledged, so it can run straight
 //! through server crashes; `--state` lets a later run resume where it stopped.
@@ -52,6 +57,53 @@ enum Command {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
+    Query(QueryArgs),
+    Probe(ProbeArgs),
+}
+
+#[derive(clap::Args, Clone)]
+struct QueryArgs {
+    #[arg(long, default_value = "http://127.0.0.1:8090")]
+    url: String,
+    /// Auditor token.
+    #[arg(long, env = "VERBATIM_TOKEN")]
+    token: String,
+    /// One query a line: `word|and|phrase<TAB>words` (the shared peers' format) or a query as is.
+    #[arg(long)]
+    queries: PathBuf,
+    /// Concurrent clients; each runs every query in every pass.
+    #[arg(long, default_value_t = 1)]
+    clients: u32,
+    /// Timed passes, after one untimed warm-up pass unless --cold.
+    #[arg(long, default_value_t = 3)]
+    passes: u32,
+    /// No warm-up: the first pass is timed (caches as the server found them).
+    #[arg(long)]
+    cold: bool,
+    #[arg(long, default_value_t = 100)]
+    limit: u32,
+    #[arg(long, default_value = "time")]
+    sort: String,
+}
+
+#[derive(clap::Args, Clone)]
+struct ProbeArgs {
+    #[arg(long, default_value = "http://127.0.0.1:8090")]
+    url: String,
+    /// Ingest token that may write source `loadgen-probe`.
+    #[arg(long)]
+    ingest_token: String,
+    /// Auditor token.
+    #[arg(long, env = "VERBATIM_TOKEN")]
+    token: String,
+    #[arg(long, default_value_t = 100)]
+    probes: u32,
+    /// Pause between probes.
+    #[arg(long, default_value_t = 100)]
+    interval_ms: u64,
+    /// How often a probe searches for its word.
+    #[arg(long, default_value_t = 10)]
+    poll_ms: u64,
 }
 
 #[derive(clap::Args, Clone)]
@@ -91,6 +143,8 @@ fn main() -> ExitCode {
         Command::Run(a) => run(a).map(|()| true),
         Command::Check { acks, archive } => check(&acks, &archive),
         Command::Gen { events, clients, seed } => gen_events(events, clients, seed).map(|()| true),
+        Command::Query(a) => query(&a).map(|()| true),
+        Command::Probe(a) => probe(&a).map(|()| true),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -333,4 +387,155 @@ fn check(acks: &Path, archive: &Path) -> anyhow::Result<bool> {
         json!({"acknowledged": expected.len(), "archive_records": records, "missing": missing, "duplicated": duplicated, "mismatched": mismatched, "ok": ok})
     );
     Ok(ok)
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into()
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// A line of a queries file as query text.
+fn query_text(line: &str) -> String {
+    match line.split_once('\t') {
+        Some(("word", w)) => w.split_whitespace().next().unwrap_or("").to_string(),
+        Some(("and", w)) => w.split_whitespace().collect::<Vec<_>>().join(" AND "),
+        Some(("phrase", w)) => format!("\"{}\"", w.split_whitespace().collect::<Vec<_>>().join(" ")),
+        _ => line.to_string(),
+    }
+}
+
+/// `GET /v1/search`: (status, total, hits on the page, body).
+fn search_once(agent: &ureq::Agent, base: &str, token: &str, query: &str) -> anyhow::Result<(u16, u64, usize, String)> {
+    let mut resp = agent
+        .get(&format!("{base}/v1/search?{query}"))
+        .header("Authorization", &format!("Bearer {token}"))
+        .call()
+        .context("search request")?;
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().context("search answer")?;
+    if status != 200 {
+        return Ok((status, 0, 0, text));
+    }
+    let v: Value = serde_json::from_str(&text).context("search answer is not JSON")?;
+    let hits = v["hits"].as_array().map_or(0, Vec::len);
+    Ok((status, v["total"].as_u64().unwrap_or(0), hits, String::new()))
+}
+
+fn pct_us(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0
+}
+
+fn query(a: &QueryArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&a.queries).with_context(|| format!("reading {}", a.queries.display()))?;
+    let queries: Vec<String> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| format!("q={}&limit={}&sort={}", percent_encode(&query_text(l)), a.limit, a.sort))
+        .collect();
+    anyhow::ensure!(!queries.is_empty(), "no queries in {}", a.queries.display());
+    let base = a.url.trim_end_matches('/').to_string();
+    let lat = Mutex::new(Vec::new());
+    let hits = AtomicU64::new(0);
+    let started = Instant::now();
+    std::thread::scope(|s| -> anyhow::Result<()> {
+        let workers: Vec<_> = (0..a.clients)
+            .map(|c| {
+                let (queries, base, lat, hits) = (&queries, &base, &lat, &hits);
+                s.spawn(move || -> anyhow::Result<()> {
+                    let agent = agent();
+                    let warm = u32::from(!a.cold);
+                    for pass in 0..a.passes + warm {
+                        // Clients start at different queries so they do not move in step.
+                        let n = queries.len();
+                        for i in 0..n {
+                            let q = &queries[(i + c as usize * n / a.clients.max(1) as usize) % n];
+                            let t = Instant::now();
+                            let (status, _, page, body) = search_once(&agent, base, &a.token, q)?;
+                            let us = t.elapsed().as_micros() as u64;
+                            anyhow::ensure!(status == 200, "search {q} answered {status}: {body}");
+                            if pass >= warm {
+                                lat.lock().expect("lock").push(us);
+                                hits.fetch_add(page as u64, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().map_err(|_| anyhow::anyhow!("query client panicked"))??;
+        }
+        Ok(())
+    })?;
+    let secs = started.elapsed().as_secs_f64();
+    let mut lat = lat.into_inner().expect("lock");
+    lat.sort_unstable();
+    let out = json!({
+        "queries": queries.len(), "clients": a.clients, "passes": a.passes, "cold": a.cold, "requests": lat.len(),
+        "p50_ms": pct_us(&lat, 0.5), "p99_ms": pct_us(&lat, 0.99), "p999_ms": pct_us(&lat, 0.999),
+        "max_ms": pct_us(&lat, 1.0), "mean_ms": lat.iter().sum::<u64>() as f64 / lat.len().max(1) as f64 / 1000.0,
+        "hits_per_query": hits.load(Ordering::Relaxed) as f64 / lat.len().max(1) as f64,
+        "wall_seconds": secs,
+    });
+    println!("{out}");
+    Ok(())
+}
+
+fn probe(a: &ProbeArgs) -> anyhow::Result<()> {
+    let agent = agent();
+    let base = a.url.trim_end_matches('/').to_string();
+    let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos();
+    let mut lat = Vec::new();
+    for i in 0..a.probes {
+        let word = format!("probe{nonce}x{i}");
+        let event = json!({"source": "loadgen-probe", "seq": u64::from(i) + 1, "network": "irc", "kind": "message",
+                           "ts": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true), "from": "prober", "to": ["archive"], "body": format!("looking for {word} here")});
+        let resp = agent
+            .post(&format!("{base}/v1/events"))
+            .header("Authorization", &format!("Bearer {}", a.ingest_token))
+            .header("Content-Type", "application/x-ndjson")
+            .send(format!("{event}\n").as_bytes());
+        let mut resp = resp.context("probe ingest")?;
+        let status = resp.status().as_u16();
+        let body = resp.body_mut().read_to_string().unwrap_or_default();
+        anyhow::ensure!(status == 200, "probe ingest answered {status}: {body}");
+        let acked = Instant::now();
+        let q = format!("q={word}&limit=1");
+        loop {
+            let (status, total, _, body) = search_once(&agent, &base, &a.token, &q)?;
+            anyhow::ensure!(status == 200, "probe search answered {status}: {body}");
+            if total > 0 {
+                lat.push(acked.elapsed().as_micros() as u64);
+                break;
+            }
+            anyhow::ensure!(acked.elapsed() < Duration::from_secs(60), "{word} not searchable after 60 s");
+            std::thread::sleep(Duration::from_millis(a.poll_ms));
+        }
+        std::thread::sleep(Duration::from_millis(a.interval_ms));
+    }
+    lat.sort_unstable();
+    println!(
+        "{}",
+        json!({"probes": lat.len(), "p50_ms": pct_us(&lat, 0.5), "p99_ms": pct_us(&lat, 0.99), "max_ms": pct_us(&lat, 1.0)})
+    );
+    Ok(())
 }

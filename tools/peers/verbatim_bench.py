@@ -5,7 +5,10 @@ Durable ingest of the shared workload through POST /v1/events in 1k-event
 NDJSON batches (ack after fdatasync), one client like the SQL peers and then 4,
 with per-batch latency; bytes on disk per event (log + RocksDB state, after
 the server sealed its segments on SIGTERM). Bodies are prepared before timing.
-Search and SQL rows come with their issues.
+After the 1-client ingest: how long the index needs to cover the log, then the
+200 queries of queries.txt through GET /v1/search (newest first, LIMIT 100,
+bodies and snippets included, each read audited), one client, 1 warm-up and 3
+timed passes, with `verbatim-loadgen query`. SQL rows come with their issue.
 """
 import argparse
 import http.client
@@ -76,6 +79,40 @@ def post_all(port, token, bodies, lat):
             raise SystemExit(f"verbatim answered {r.status}: {data[:300]!r}")
 
 
+def get_json(port, path, token):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    c.request("GET", path, headers={"Authorization": f"Bearer {token}"})
+    r = c.getresponse()
+    return r.status, json.loads(r.read())
+
+
+def search_row(bin_dir, data, port, n, ingest_end, clients):
+    auditor = subprocess.run([os.path.join(bin_dir, "verbatim"), "--data-dir", data, "token", "create", "--role", "auditor"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+    while True:
+        _, st = get_json(port, "/v1/status", auditor)
+        if st["index"]["watermark"] >= n:
+            break
+        time.sleep(0.05)
+    caught_up = time.perf_counter() - ingest_end
+    print(f"verbatim index: covers all {n} events {caught_up:.2f} s after the last ack; docs {st['index']['docs']}, "
+          f"consistent {st['index']['consistent']}", flush=True)
+    emit(peer="verbatim", what=f"index lag after the {clients}-client ingest (seconds from the last ack to 100% coverage)",
+         seconds=caught_up, events=n)
+    if clients != 1:
+        return
+    queries = os.path.join(PEERS, "queries.txt")
+    with Step("verbatim FTS 200q") as stp:
+        out = subprocess.run([os.path.join(bin_dir, "verbatim-loadgen"), "query", "--url", f"http://127.0.0.1:{port}",
+                              "--token", auditor, "--queries", queries, "--clients", "1", "--passes", "3", "--limit", "100"],
+                             check=True, capture_output=True, text=True).stdout
+    r = json.loads(out)
+    print(f"verbatim FTS 200q newest first LIMIT 100 over HTTP with bodies: p50 {r['p50_ms']:.3f} ms p99 {r['p99_ms']:.3f} ms "
+          f"(mean {r['mean_ms']:.3f}, {r['hits_per_query']:.1f} hits/query)", flush=True)
+    emit(peer="verbatim", what="FTS 200q ORDER BY ts DESC LIMIT 100 via GET /v1/search, bodies + snippets + audit (warm, 1 client)",
+         p50_ms=r["p50_ms"], p99_ms=r["p99_ms"], mean_ms=r["mean_ms"], load=stp.load, note="3 timed passes pooled; 1 warm-up")
+
+
 def run(bin_dir, lines, batch, clients):
     n = len(lines)
     bodies = [b"".join(lines[i:i + batch]) for i in range(0, n, batch)]
@@ -93,17 +130,21 @@ def run(bin_dir, lines, batch, clients):
                 t.start()
             for t in threads:
                 t.join()
+        ingest_end = time.perf_counter()
+        search_row(bin_dir, data, port, n, ingest_end, clients)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=120)
     log_b, state_b = dir_bytes(os.path.join(data, "log")), dir_bytes(os.path.join(data, "state"))
-    size = log_b + state_b
+    index_b = dir_bytes(os.path.join(data, "index"))
+    size = log_b + state_b + index_b
     print(f"verbatim ingest x{clients}: {n / st.seconds:.0f} ev/s in {st.seconds:.1f}s, batch p50 {pct(lat, 50) * 1e3:.1f} ms "
-          f"p99 {pct(lat, 99) * 1e3:.1f} ms; {size / n:.1f} B/event (log {log_b / n:.1f}, state {state_b / n:.1f})", flush=True)
+          f"p99 {pct(lat, 99) * 1e3:.1f} ms; {size / n:.1f} B/event (log {log_b / n:.1f}, state {state_b / n:.1f}, "
+          f"index {index_b / n:.1f})", flush=True)
     emit(peer="verbatim", what=f"ingest {batch}-event batches over HTTP, {clients} client(s), ack after fdatasync",
          events_s=n / st.seconds, seconds=st.seconds, bytes_event=size / n, p50_ms=pct(lat, 50) * 1e3, p99_ms=pct(lat, 99) * 1e3,
          load=st.load, machine_busy=st.machine_busy, machine_steal=st.machine_steal,
-         breakdown={"log": round(log_b / n, 1), "state": round(state_b / n, 1)}, events=n,
+         breakdown={"log": round(log_b / n, 1), "state": round(state_b / n, 1), "index": round(index_b / n, 1)}, events=n,
          note="p50/p99 = per 1k-event batch latency (HTTP round trip)")
 
 
