@@ -45,7 +45,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .context("bringing the ingest state up to date")?;
     let metrics = Arc::new(Metrics::default());
     let (index, fields) = crate::index::open(&data.index())?;
-    let index = SearchIndex::new(index, fields, metrics.index.clone())?;
+    let index = SearchIndex::new(index, fields, metrics.index.clone(), config.search.threads)?;
     let indexer = Indexer::start(index.clone(), log.reader(), config.index.clone())?;
     let (audit, audit_writer) = Audit::open(&data.audit(), config.log_config(), config.site_id())?;
     let (handle, writer) = LogHandle::start(log, Box::new(sequencer), metrics.log.clone());

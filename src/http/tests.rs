@@ -59,7 +59,7 @@ fn fixture(queue_depth: usize) -> Fixture {
         site: SiteId::new("test"),
         index: {
             let (index, fields) = crate::index::in_ram();
-            crate::index::indexer::SearchIndex::new(index, fields, metrics.index.clone()).expect("index")
+            crate::index::indexer::SearchIndex::new(index, fields, metrics.index.clone(), 1).expect("index")
         },
         search: crate::index::search::SearchConfig::default(),
         audit: crate::audit::Audit::open_on(

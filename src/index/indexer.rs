@@ -59,7 +59,16 @@ impl std::fmt::Debug for SearchIndex {
 }
 
 impl SearchIndex {
-    pub fn new(index: Index, fields: Fields, metrics: Arc<IndexMetrics>) -> anyhow::Result<Arc<Self>> {
+    /// `search_threads` > 1 searches the segments of one query in parallel.
+    pub fn new(
+        mut index: Index,
+        fields: Fields,
+        metrics: Arc<IndexMetrics>,
+        search_threads: usize,
+    ) -> anyhow::Result<Arc<Self>> {
+        if search_threads > 1 {
+            index.set_multithread_executor(search_threads)?;
+        }
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
         let watermark = committed_watermark(&index)?;
         let s = Arc::new(Self { index, fields, reader, state: Mutex::default(), metrics });
@@ -303,5 +312,62 @@ fn report(index: &SearchIndex, check: &Reconciliation) {
             "the index does not match the log: {}; run `verbatim reindex`",
             check.detail.as_deref().unwrap_or("")
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::search::tests::record;
+    use crate::index::{in_ram, Fields};
+
+    fn index_offsets(offsets: &[u64]) -> (Index, Fields) {
+        let (index, fields) = in_ram();
+        let mut w: IndexWriter<TantivyDocument> = index.writer_with_num_threads(1, 20 << 20).expect("writer");
+        for &o in offsets {
+            w.add_document(document(&fields, Offset(o), &record("irc", "a", "b", None, "hi", 1, 1))).expect("add");
+        }
+        commit(&mut w, Offset(offsets.len() as u64)).expect("commit");
+        (index, fields)
+    }
+
+    fn check(offsets: &[u64], watermark: u64, deep: bool) -> Reconciliation {
+        let (index, fields) = index_offsets(offsets);
+        let searcher = index.reader().expect("reader").searcher();
+        reconcile(&searcher, &fields, Offset(watermark), deep)
+    }
+
+    #[test]
+    fn reconciliation_finds_missing_repeated_and_foreign_offsets() {
+        assert!(check(&[0, 1, 2, 3], 4, true).ok);
+        assert!(check(&[], 0, true).ok);
+        assert!(!check(&[0, 1, 2], 4, false).ok, "a missing document");
+        let repeated = check(&[0, 1, 1, 3], 4, true);
+        assert!(!repeated.ok, "an offset twice, another missing");
+        assert!(repeated.detail.expect("detail").contains("not exactly 0..4"));
+        assert!(check(&[0, 1, 1, 3], 4, false).ok, "the count alone cannot see it: the scheduled check can");
+        assert!(!check(&[0, 1, 2, 9], 4, true).ok, "an offset beyond the watermark");
+        assert!(!check(&[1, 2, 0, 2], 4, true).ok);
+    }
+
+    #[test]
+    fn the_watermark_is_the_commit_payload_and_survives_reopening() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (index, fields) = crate::index::open(tmp.path()).expect("open");
+        assert_eq!(committed_watermark(&index).expect("wm"), Offset::ZERO);
+        let mut w: IndexWriter<TantivyDocument> = index.writer_with_num_threads(1, 20 << 20).expect("writer");
+        for o in 0..3 {
+            w.add_document(document(&fields, Offset(o), &record("irc", "a", "b", None, "hi", 1, 1))).expect("add");
+        }
+        commit(&mut w, Offset(3)).expect("commit");
+        // Added but never committed: a crash here must leave no trace.
+        w.add_document(document(&fields, Offset(3), &record("irc", "a", "b", None, "hi", 1, 1))).expect("add");
+        drop(w);
+        drop(index);
+        let (index, fields) = crate::index::open(tmp.path()).expect("reopen");
+        assert_eq!(committed_watermark(&index).expect("wm"), Offset(3));
+        let searcher = index.reader().expect("reader").searcher();
+        let r = reconcile(&searcher, &fields, Offset(3), true);
+        assert!(r.ok, "{r:?}");
     }
 }

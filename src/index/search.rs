@@ -58,6 +58,9 @@ pub struct SearchConfig {
     pub snippet_chars: usize,
     /// Decoded log blocks kept for reading hits and transcripts, in MiB.
     pub block_cache_mb: usize,
+    /// Threads that search the segments of one query in parallel (1: the
+    /// request's own thread only).
+    pub threads: usize,
 }
 
 impl Default for SearchConfig {
@@ -76,6 +79,7 @@ impl Default for SearchConfig {
             max_transcript_events: 100_000,
             snippet_chars: 200,
             block_cache_mb: 256,
+            threads: 2,
         }
     }
 }

@@ -61,7 +61,7 @@ fn build(records: &[Record]) -> Arc<SearchIndex> {
         w.add_document(document(&fields, Offset(i as u64), r)).expect("add");
     }
     commit(&mut w, Offset(records.len() as u64)).expect("commit");
-    let s = SearchIndex::new(index, fields, Arc::new(IndexMetrics::default())).expect("search index");
+    let s = SearchIndex::new(index, fields, Arc::new(IndexMetrics::default()), 1).expect("search index");
     s.reader.reload().expect("reload");
     s
 }
@@ -266,7 +266,7 @@ fn add_from_indexes_a_log_range() {
     let end = add_from(&w, &fields, &log.reader(), end, 1000).expect("add");
     assert_eq!(end, Offset(34));
     commit(&mut w, end).expect("commit");
-    let s = SearchIndex::new(index, fields, Arc::new(IndexMetrics::default())).expect("index");
+    let s = SearchIndex::new(index, fields, Arc::new(IndexMetrics::default()), 1).expect("index");
     s.reader.reload().expect("reload");
     assert_eq!(hits(&s, "quick"), [7, 1, 0]);
     let cache = crate::log::cache::BlockCache::new(1 << 20);
