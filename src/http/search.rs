@@ -6,8 +6,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
+use serde::Serialize;
 use serde_json::{json, Value};
 use tantivy::snippet::SnippetGenerator;
 use tracing::warn;
@@ -79,29 +81,68 @@ async fn audit(s: &AppState, who: &Principal, entry: AuditEntry) -> Result<(), A
     }
 }
 
-fn record_json(offset: Offset, r: &Record) -> serde_json::Map<String, Value> {
-    let e = &r.event;
-    let mut m = serde_json::Map::new();
-    m.insert("offset".into(), json!(offset.0));
-    m.insert("ts".into(), json!(e.ts.to_rfc3339()));
-    m.insert("received_at".into(), json!(r.received_at.to_rfc3339()));
-    m.insert("conversation_id".into(), json!(r.conversation_id.map(|c| c.0)));
-    m.insert("network".into(), json!(e.network));
-    m.insert("kind".into(), json!(e.kind));
-    m.insert("source".into(), json!(e.source.as_str()));
-    m.insert("site".into(), json!(r.site.as_str()));
-    m.insert("from".into(), json!(e.from));
-    m.insert("to".into(), json!(e.to));
-    m.insert("channel".into(), json!(e.channel));
-    m.insert("body".into(), json!(e.body));
-    m
+/// An event as the read endpoints show it.
+#[derive(Serialize)]
+struct EventJson<'a> {
+    offset: u64,
+    ts: String,
+    received_at: String,
+    conversation_id: Option<u64>,
+    network: &'a str,
+    kind: &'a str,
+    source: &'a str,
+    site: &'a str,
+    from: &'a str,
+    to: &'a [String],
+    channel: Option<&'a str>,
+    body: &'a str,
+}
+
+impl<'a> EventJson<'a> {
+    fn new(offset: Offset, r: &'a Record) -> Self {
+        let e = &r.event;
+        Self {
+            offset: offset.0,
+            ts: e.ts.to_rfc3339(),
+            received_at: r.received_at.to_rfc3339(),
+            conversation_id: r.conversation_id.map(|c| c.0),
+            network: &e.network,
+            kind: &e.kind,
+            source: e.source.as_str(),
+            site: r.site.as_str(),
+            from: &e.from,
+            to: &e.to,
+            channel: e.channel.as_deref(),
+            body: &e.body,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct HitJson<'a> {
+    #[serde(flatten)]
+    event: EventJson<'a>,
+    snippet: String,
+    score: Option<f32>,
+}
+
+#[derive(Serialize)]
+struct SearchJson<'a> {
+    hits: Vec<HitJson<'a>>,
+    total: usize,
+    next_cursor: Option<String>,
+    index_watermark: u64,
+}
+
+fn json_response(body: Vec<u8>) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 pub async fn get_search(
     State(s): State<Arc<AppState>>,
     caller: Caller,
     Query(raw): Params,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let who = caller.require(&[Role::Auditor])?.clone();
     let p = params(
         raw,
@@ -130,31 +171,11 @@ pub async fn get_search(
     let started = Instant::now();
     let st = s.clone();
     let r = req.clone();
-    let answer = tokio::task::spawn_blocking(move || -> Result<(Value, usize), SearchError> {
-        let out = search::search(&st.index, &st.search, &r)?;
-        let offsets: Vec<Offset> = out.hits.iter().map(|h| h.offset).collect();
-        let records = st.blocks.records(st.log.reader(), &offsets)?;
-        let mut snippets = SnippetGenerator::create(&out.searcher, &*out.query, st.index.fields.body)?;
-        snippets.set_max_num_chars(st.search.snippet_chars);
-        let hits: Vec<Value> = out
-            .hits
-            .iter()
-            .zip(&records)
-            .map(|(h, rec)| {
-                let mut m = record_json(h.offset, rec);
-                m.insert("snippet".into(), json!(snippets.snippet(&rec.event.body).to_html()));
-                m.insert("score".into(), json!(h.score));
-                Value::Object(m)
-            })
-            .collect();
-        let n = hits.len();
-        let watermark = st.index.state().watermark;
-        Ok((json!({"hits": hits, "total": out.total, "next_cursor": out.next_cursor, "index_watermark": watermark}), n))
-    })
-    .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("search task failed: {e}")))?;
-    let (body, n) = match answer {
-        Ok(a) => a,
+    let found = tokio::task::spawn_blocking(move || search::search(&st.index, &st.search, &r))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("search task failed: {e}")))?;
+    let out = match found {
+        Ok(out) => out,
         Err(e) => {
             if matches!(e, SearchError::Bad(_)) {
                 s.metrics.index.rejected_queries.inc();
@@ -162,11 +183,42 @@ pub async fn get_search(
             return Err(e.into());
         }
     };
+    // The audit record is made durable while the hits are read and rendered;
+    // nothing is sent before both are done, and nothing if the audit fails.
+    let n = out.hits.len();
+    let st = s.clone();
+    let render = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, SearchError> {
+        let offsets: Vec<Offset> = out.hits.iter().map(|h| h.offset).collect();
+        let records = st.blocks.records(st.log.reader(), &offsets)?;
+        let mut snippets = SnippetGenerator::create(&out.searcher, &*out.query, st.index.fields.body)?;
+        snippets.set_max_num_chars(st.search.snippet_chars);
+        let hits = out
+            .hits
+            .iter()
+            .zip(&records)
+            .map(|(h, rec)| HitJson {
+                event: EventJson::new(h.offset, rec),
+                snippet: snippets.snippet(&rec.event.body).to_html(),
+                score: h.score,
+            })
+            .collect();
+        let answer = SearchJson {
+            hits,
+            total: out.total,
+            next_cursor: out.next_cursor,
+            index_watermark: st.index.state().watermark,
+        };
+        serde_json::to_vec(&answer).map_err(|e| SearchError::Internal(e.to_string()))
+    });
     let query = json!({"q": req.q, "filters": req.filters, "sort": req.sort, "limit": req.limit, "cursor": req.cursor});
-    audit(&s, &who, AuditEntry { endpoint: "search".into(), query, results: n as u64 }).await?;
+    let (audited, body) =
+        tokio::join!(audit(&s, &who, AuditEntry { endpoint: "search".into(), query, results: n as u64 }), render);
+    audited?;
+    let body =
+        body.map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("search task failed: {e}")))??;
     s.metrics.index.searches.inc();
     s.metrics.index.search_seconds.observe(started.elapsed().as_secs_f64());
-    Ok(Json(body))
+    Ok(json_response(body))
 }
 
 pub async fn get_conversation(
@@ -211,7 +263,11 @@ pub async fn get_conversation(
         let first = &records[0];
         let started = records.iter().map(|r| r.event.ts.instant).min().unwrap_or(first.event.ts.instant);
         let ended = records.iter().map(|r| r.event.ts.instant).max().unwrap_or(first.event.ts.instant);
-        let events: Vec<Value> = window.clone().map(|i| Value::Object(record_json(offsets[i], &records[i]))).collect();
+        let events: Vec<Value> = window
+            .clone()
+            .map(|i| serde_json::to_value(EventJson::new(offsets[i], &records[i])))
+            .collect::<Result<_, _>>()
+            .map_err(|e| SearchError::Internal(e.to_string()))?;
         let n = events.len();
         Ok((
             json!({
