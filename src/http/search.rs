@@ -211,8 +211,24 @@ pub async fn get_search(
         serde_json::to_vec(&answer).map_err(|e| SearchError::Internal(e.to_string()))
     });
     let query = json!({"q": req.q, "filters": req.filters, "sort": req.sort, "limit": req.limit, "cursor": req.cursor});
-    let (audited, body) =
-        tokio::join!(audit(&s, &who, AuditEntry { endpoint: "search".into(), query, results: n as u64 }), render);
+    let searched = started.elapsed();
+    let timed = async {
+        let r = render.await;
+        (r, started.elapsed())
+    };
+    let audit_started = Instant::now();
+    let timed_audit = async {
+        let a = audit(&s, &who, AuditEntry { endpoint: "search".into(), query, results: n as u64 }).await;
+        (a, audit_started.elapsed())
+    };
+    let ((audited, audit_took), (body, rendered)) = tokio::join!(timed_audit, timed);
+    tracing::debug!(
+        search_ms = searched.as_secs_f64() * 1e3,
+        rendered_ms = rendered.as_secs_f64() * 1e3,
+        audit_ms = audit_took.as_secs_f64() * 1e3,
+        hits = n,
+        "search answered"
+    );
     audited?;
     let body =
         body.map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("search task failed: {e}")))??;
