@@ -397,12 +397,29 @@ fn get_json(
     Ok(value)
 }
 
+/// Text for a terminal: control and bidirectional-formatting characters are
+/// shown escaped (`\u{202e}`), so stored content cannot move the cursor or
+/// reorder what is printed. `--json` keeps everything byte-exact.
+fn printable(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        let bidi = matches!(c as u32, 0x200E | 0x200F | 0x202A..=0x202E | 0x2066..=0x2069 | 0x061C);
+        if c.is_control() || bidi {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// One event as a transcript line: time, network/channel, sender -> recipients, body.
 fn event_line(e: &serde_json::Value) -> String {
-    let s = |k: &str| e[k].as_str().unwrap_or("").to_string();
-    let to: Vec<&str> = e["to"].as_array().map(|a| a.iter().filter_map(|v| v.as_str()).collect()).unwrap_or_default();
+    let s = |k: &str| printable(e[k].as_str().unwrap_or(""));
+    let to: Vec<String> =
+        e["to"].as_array().map(|a| a.iter().filter_map(|v| v.as_str()).map(printable).collect()).unwrap_or_default();
     let place = match e["channel"].as_str() {
-        Some(c) => format!("{}/{c}", s("network")),
+        Some(c) => format!("{}/{}", s("network"), printable(c)),
         None => s("network"),
     };
     format!("[{}] #{} {place} {} -> {}: {}", s("ts"), e["offset"], s("from"), to.join(","), s("body"))
@@ -487,7 +504,7 @@ fn audit(config: &Config, from: Offset, limit: Option<u64>, json: bool) -> anyho
                 r.event.to.first().map_or("", String::as_str),
                 r.event.channel.as_deref().unwrap_or(""),
                 body["results"],
-                body["query"]
+                printable(&body["query"].to_string())
             )
         };
         if let Err(e) = writeln!(out, "{line}") {
@@ -538,4 +555,16 @@ fn reindex(config: &Config, log_dir: &Path) -> anyhow::Result<()> {
         next.0 as f64 / secs.max(1e-9)
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminal_output_escapes_controls_and_bidi_overrides() {
+        assert_eq!(printable("a\u{202E}b\u{0}c\n👩‍💻"), "a\\u{202e}b\\u{0}c\\u{a}👩‍💻");
+        let e = serde_json::json!({"ts": "t", "offset": 1, "network": "irc", "from": "x\u{1b}[2J", "to": ["y"], "body": "ok"});
+        assert_eq!(event_line(&e), "[t] #1 irc x\\u{1b}[2J -> y: ok");
+    }
 }
