@@ -1,7 +1,8 @@
 //! The read path: `GET /v1/search`, `GET /v1/conversations/{id}` (auditor
-//! role; every answer is audited first) and `GET /v1/status`.
+//! role; no answer is sent before its audit record is durable) and
+//! `GET /v1/status`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -35,8 +36,8 @@ impl From<SearchError> for ApiError {
 }
 
 /// Query-string parameters, each at most once, none unknown.
-fn params(raw: Vec<(String, String)>, known: &[&str]) -> Result<std::collections::HashMap<String, String>, ApiError> {
-    let mut out = std::collections::HashMap::new();
+fn params(raw: Vec<(String, String)>, known: &[&str]) -> Result<HashMap<String, String>, ApiError> {
+    let mut out = HashMap::new();
     for (k, v) in raw {
         if !known.contains(&k.as_str()) {
             return Err(ApiError::bad_request(format!(
@@ -51,7 +52,7 @@ fn params(raw: Vec<(String, String)>, known: &[&str]) -> Result<std::collections
     Ok(out)
 }
 
-fn number<T: std::str::FromStr>(p: &std::collections::HashMap<String, String>, k: &str) -> Result<Option<T>, ApiError> {
+fn number<T: std::str::FromStr>(p: &HashMap<String, String>, k: &str) -> Result<Option<T>, ApiError> {
     p.get(k)
         .map(|v| {
             v.trim()
@@ -61,7 +62,7 @@ fn number<T: std::str::FromStr>(p: &std::collections::HashMap<String, String>, k
         .transpose()
 }
 
-fn nonempty(p: &std::collections::HashMap<String, String>, k: &str) -> Option<String> {
+fn nonempty(p: &HashMap<String, String>, k: &str) -> Option<String> {
     p.get(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
 }
 
