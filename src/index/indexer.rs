@@ -10,6 +10,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use tantivy::indexer::UserOperation;
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TantivyDocument};
 use tracing::{error, info, warn};
 use verbatim_schema::{Offset, UnixNanos};
@@ -170,12 +171,22 @@ pub fn add_from(
     from: Offset,
     max: usize,
 ) -> anyhow::Result<Offset> {
+    // Documents go to tantivy's indexing thread in batches: one channel send
+    // per batch instead of one per document.
+    const BATCH: usize = 256;
     let mut next = from;
+    let mut batch = Vec::with_capacity(BATCH);
     for item in log.iter_from(from).take(max) {
         let (offset, record) = item?;
         anyhow::ensure!(offset == next, "the log skipped from {next} to {offset}");
-        writer.add_document(document(fields, offset, &record))?;
+        batch.push(UserOperation::Add(document(fields, offset, &record)));
         next = offset.plus(1);
+        if batch.len() == BATCH {
+            writer.run(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))?;
+        }
+    }
+    if !batch.is_empty() {
+        writer.run(batch)?;
     }
     Ok(next)
 }
