@@ -211,6 +211,21 @@ fn search_transcripts_status_and_every_read_audited() {
     assert!(stdout(&out).contains("search"), "{}", stdout(&out));
     let out = run(&data, &["verify"]);
     assert!(out.status.success());
+
+    // The index is derived: rebuilt from the log, it answers the same.
+    let out = run(&data, &["reindex"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("indexed 29 events"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("every offset checked"), "{}", stdout(&out));
+    let server = Server::start(&data);
+    let out = run(&data, &["reindex"]);
+    assert_eq!(out.status.code(), Some(2), "reindex refuses a data directory in use: {}", stderr(&out));
+    let status = wait_indexed(&server, &auditor);
+    assert_eq!(status["index"]["docs"], 29);
+    let (_, v) = get(&server, "/v1/search?q=quick", &auditor);
+    assert_eq!(offsets(&v), [1, 0]);
+    let (status, err) = server.stop();
+    assert!(status.success(), "{err}");
 }
 
 #[test]
