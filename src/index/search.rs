@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tantivy::collector::{Count, TopDocs};
+use tantivy::columnar::ColumnValues;
 use tantivy::query::{
     AllQuery, BooleanQuery, BoostQuery, EmptyQuery, FuzzyTermQuery, Occur, PhrasePrefixQuery, PhraseQuery, Query,
     RangeQuery, TermQuery, TermSetQuery,
@@ -583,6 +584,35 @@ struct Deadline {
 
 const CHECK_EVERY: u32 = 4096;
 
+/// One segment's `ts` and `offset` columns, and the deadline's counter: what
+/// both sort orders read for every matching document.
+struct SegmentKeys {
+    ts: Arc<dyn ColumnValues<i64>>,
+    offset: Arc<dyn ColumnValues<u64>>,
+    deadline: Arc<Deadline>,
+    seen: Cell<u32>,
+}
+
+impl SegmentKeys {
+    /// `None` if the segment lacks the columns (then it ranks nothing).
+    fn open(seg: &SegmentReader, ts: &str, offset: &str, deadline: &Arc<Deadline>) -> Option<Self> {
+        Some(Self {
+            ts: seg.fast_fields().i64(ts).ok()?.first_or_default_col(i64::MIN),
+            offset: seg.fast_fields().u64(offset).ok()?.first_or_default_col(0),
+            deadline: deadline.clone(),
+            seen: Cell::new(0),
+        })
+    }
+
+    /// `(ts, offset)` of `doc`, or `None` once the deadline has passed.
+    fn get(&self, doc: DocId) -> Option<(i64, u64)> {
+        if self.deadline.tick(&self.seen) {
+            return None;
+        }
+        Some((self.ts.get_val(doc), self.offset.get_val(doc)))
+    }
+}
+
 /// Top documents by a sort key (`None`: ranked out), and the match count.
 type Ranked<K> = (Vec<(Option<K>, DocAddress)>, usize);
 
@@ -622,16 +652,9 @@ pub fn search(
         Sort::Time => {
             let d = deadline.clone();
             let key = move |seg: &SegmentReader| {
-                let ts = seg.fast_fields().i64(&ts_name).map(|c| c.first_or_default_col(i64::MIN));
-                let off = seg.fast_fields().u64(&off_name).map(|c| c.first_or_default_col(0));
-                let d = d.clone();
-                let n = Cell::new(0u32);
+                let keys = SegmentKeys::open(seg, &ts_name, &off_name, &d);
                 move |doc: DocId| -> Option<(i64, u64)> {
-                    let (Ok(ts), Ok(off)) = (&ts, &off) else { return None };
-                    if d.tick(&n) {
-                        return None;
-                    }
-                    let k = (ts.get_val(doc), off.get_val(doc));
+                    let k = keys.as_ref()?.get(doc)?;
                     match cursor {
                         Some(Cursor::Time { ts, offset }) if k >= (ts, offset) => None,
                         _ => Some(k),
@@ -650,19 +673,12 @@ pub fn search(
         Sort::Relevance => {
             let d = deadline.clone();
             let key = move |seg: &SegmentReader| {
-                let ts = seg.fast_fields().i64(&ts_name).map(|c| c.first_or_default_col(i64::MIN));
-                let off = seg.fast_fields().u64(&off_name).map(|c| c.first_or_default_col(0));
-                let d = d.clone();
-                let n = Cell::new(0u32);
+                let keys = SegmentKeys::open(seg, &ts_name, &off_name, &d);
                 move |doc: DocId, score: Score| -> Option<(f32, u64, i64)> {
-                    let (Ok(ts), Ok(off)) = (&ts, &off) else { return None };
-                    if d.tick(&n) {
-                        return None;
-                    }
-                    let o = off.get_val(doc);
+                    let (ts, o) = keys.as_ref()?.get(doc)?;
                     match cursor {
                         Some(Cursor::Relevance { score: s, offset }) if (score, o) >= (s, offset) => None,
-                        _ => Some((score, o, ts.get_val(doc))),
+                        _ => Some((score, o, ts)),
                     }
                 }
             };
