@@ -98,6 +98,67 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Run a read-only SQL query through the running server (auditor token; audited).
+    Sql {
+        /// One statement: SELECT, WITH, VALUES, EXPLAIN, SHOW TABLES, SHOW COLUMNS.
+        query: String,
+        /// Print CSV instead of a table.
+        #[arg(long, conflicts_with = "json")]
+        csv: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Run a canned report (query/reports/NAME.sql) through the running server (auditor token; audited).
+    Report {
+        /// Report name; `list` shows them all.
+        name: String,
+        /// Period start (RFC 3339, a date, or Unix nanoseconds); open if absent.
+        #[arg(long)]
+        from: Option<String>,
+        /// Period end (exclusive).
+        #[arg(long)]
+        to: Option<String>,
+        /// Print CSV instead of a table.
+        #[arg(long, conflicts_with = "json")]
+        csv: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Storage sizing: IM Director's formula as printed and corrected, or
+    /// (`--measured`) with the parameters measured from the running archive.
+    Sizing {
+        /// Users archived.
+        #[arg(long, required_unless_present = "measured")]
+        seats: Option<f64>,
+        /// Average conversation duration, seconds.
+        #[arg(long, required_unless_present = "measured")]
+        avg_dur: Option<f64>,
+        /// Average message length, bytes.
+        #[arg(long, required_unless_present = "measured")]
+        msg_length: Option<f64>,
+        /// Conversations per user per day.
+        #[arg(long, required_unless_present = "measured")]
+        avg_number: Option<f64>,
+        /// Messages per second within a conversation.
+        #[arg(long, default_value_t = crate::sizing::DEFAULT_MSG_RATE)]
+        msg_rate: f64,
+        /// Fraction saved by compression.
+        #[arg(long, default_value_t = crate::sizing::DEFAULT_COMPRESSION)]
+        compression: f64,
+        /// Measure the parameters from the archive (GET /v1/capacity; admin or auditor token).
+        #[arg(long)]
+        measured: bool,
+        /// With --measured: the retention to forecast the steady state for.
+        #[arg(long, requires = "measured")]
+        retention_days: Option<f64>,
+        /// Server URL (default: http:// and the configured `http.listen`).
+        #[arg(long)]
+        url: Option<String>,
+        #[arg(long, env = "VERBATIM_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// List the audit stream (`<data>/audit`), offline.
     Audit {
         #[arg(long, default_value_t = 0)]
@@ -254,6 +315,59 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let answer = get_json(&config, &client, &format!("/v1/conversations/{id}"), &q)?;
             print_conversation(&answer, client.json)?;
         }
+        Command::Sql { query, csv, client } => sql(&config, &client, &query, csv)?,
+        Command::Sizing {
+            seats,
+            avg_dur,
+            msg_length,
+            avg_number,
+            msg_rate,
+            compression,
+            measured,
+            retention_days,
+            url,
+            token,
+            json,
+        } => {
+            if measured {
+                let token = token.context("--measured needs a token (--token or VERBATIM_TOKEN)")?;
+                let client = ClientArgs { url, token, json };
+                let mut q = vec![("compression", compression.to_string())];
+                q.extend(retention_days.map(|r| ("retention_days", r.to_string())));
+                let answer = get_json(&config, &client, "/v1/capacity", &q)?;
+                print_capacity(&answer, json)?;
+            } else {
+                let input = crate::sizing::SizingInput {
+                    seats: seats.unwrap_or_default(),
+                    avg_dur_secs: avg_dur.unwrap_or_default(),
+                    msg_rate,
+                    msg_length: msg_length.unwrap_or_default(),
+                    avg_number: avg_number.unwrap_or_default(),
+                    compression,
+                };
+                input.check().map_err(|e| anyhow::anyhow!(e))?;
+                let sizing = input.sizing();
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&sizing)?);
+                } else {
+                    print_sizing(&serde_json::to_value(sizing)?);
+                }
+            }
+        }
+        Command::Report { name, from, to, csv, client } => {
+            if name == "list" {
+                for r in crate::sql::reports::REPORTS {
+                    println!("{:<28} {}", r.name, crate::sql::reports::description(r));
+                }
+            } else {
+                let q: Vec<(&str, String)> =
+                    [("from", from), ("to", to)].into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).collect();
+                let path = format!("/v1/reports/{name}");
+                let accept = if csv { "text/csv" } else { "application/json" };
+                let text = fetch(&config, &client, &path, &q, None, accept)?;
+                print_answer(&text, csv, client.json)?;
+            }
+        }
         Command::Audit { from, limit, json } => audit(&config, Offset(from), limit, json)?,
         Command::Reindex => reindex(&config, &log_dir)?,
     }
@@ -368,33 +482,216 @@ fn stats(config: &Config, dir: &Path, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn base_url(config: &Config, client: &ClientArgs) -> String {
+    client.url.clone().unwrap_or_else(|| format!("http://{}", config.http.listen)).trim_end_matches('/').to_string()
+}
+
+fn agent(timeout_secs: u64) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(timeout_secs)))
+        .build()
+        .into()
+}
+
+/// The answer's text if the status is 200; the server's error otherwise.
+fn answer_text(base: &str, resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> anyhow::Result<String> {
+    let mut resp = resp.with_context(|| format!("reaching the server at {base}"))?;
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().context("reading the answer")?;
+    if status != 200 {
+        let value: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("the server answered {status} with: {text}"))?;
+        let detail = value.get("detail").filter(|d| !d.is_null()).map(|d| format!(" ({d})")).unwrap_or_default();
+        anyhow::bail!("{status}: {}{detail}", value["error"].as_str().unwrap_or(&text));
+    }
+    Ok(text)
+}
+
 fn get_json(
     config: &Config,
     client: &ClientArgs,
     path: &str,
     query: &[(&str, String)],
 ) -> anyhow::Result<serde_json::Value> {
-    let base = client.url.clone().unwrap_or_else(|| format!("http://{}", config.http.listen));
-    let url = format!("{}{path}", base.trim_end_matches('/'));
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(std::time::Duration::from_secs(60)))
-        .build()
-        .into();
-    let mut req = agent.get(&url).header("Authorization", &format!("Bearer {}", client.token));
+    let base = base_url(config, client);
+    let mut req = agent(60).get(&format!("{base}{path}")).header("Authorization", &format!("Bearer {}", client.token));
     for (k, v) in query {
         req = req.query(*k, v);
     }
-    let mut resp = req.call().with_context(|| format!("reaching the server at {base}"))?;
-    let status = resp.status().as_u16();
-    let text = resp.body_mut().read_to_string().context("reading the answer")?;
-    let value: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("the server answered {status} with: {text}"))?;
-    if status != 200 {
-        let detail = value.get("detail").filter(|d| !d.is_null()).map(|d| format!(" ({d})")).unwrap_or_default();
-        anyhow::bail!("{status}: {}{detail}", value["error"].as_str().unwrap_or(&text));
+    let text = answer_text(&base, req.call())?;
+    serde_json::from_str(&text).with_context(|| format!("the server answered with: {text}"))
+}
+
+/// A request to the server with the client's token (a POST of `body` if
+/// given, else a GET); the answer's text.
+fn fetch(
+    config: &Config,
+    client: &ClientArgs,
+    path: &str,
+    query: &[(&str, String)],
+    body: Option<Vec<u8>>,
+    accept: &str,
+) -> anyhow::Result<String> {
+    let base = base_url(config, client);
+    let url = format!("{base}{path}");
+    let auth = format!("Bearer {}", client.token);
+    let agent = agent(config.sql.timeout_ms / 1000 + 60);
+    let resp = match body {
+        Some(b) => {
+            let mut req = agent.post(&url).header("Authorization", &auth).header("Accept", accept);
+            for (k, v) in query {
+                req = req.query(*k, v);
+            }
+            req.header("Content-Type", "application/json").send(b)
+        }
+        None => {
+            let mut req = agent.get(&url).header("Authorization", &auth).header("Accept", accept);
+            for (k, v) in query {
+                req = req.query(*k, v);
+            }
+            req.call()
+        }
+    };
+    answer_text(&base, resp)
+}
+
+/// Prints an SQL answer: CSV as is, JSON pretty, or a table.
+fn print_answer(text: &str, csv: bool, json: bool) -> anyhow::Result<()> {
+    if csv {
+        print!("{text}");
+        return Ok(());
     }
-    Ok(value)
+    let answer: serde_json::Value = serde_json::from_str(text).context("the answer is not JSON")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+    } else {
+        print!("{}", text_table(&answer));
+    }
+    Ok(())
+}
+
+/// `verbatim sql`: the query through `POST /v1/sql`, printed as a table,
+/// as the server's JSON (`--json`) or as CSV (`--csv`).
+fn sql(config: &Config, client: &ClientArgs, query: &str, csv: bool) -> anyhow::Result<()> {
+    let accept = if csv { "text/csv" } else { "application/json" };
+    let body = serde_json::to_vec(&serde_json::json!({ "sql": query }))?;
+    let text = fetch(config, client, "/v1/sql", &[], Some(body), accept)?;
+    print_answer(&text, csv, client.json)
+}
+
+fn print_sizing(s: &serde_json::Value) {
+    let i = &s["input"];
+    println!(
+        "inputs: {} seats, AvgDur {} s, MsgRate {} msg/s, MsgLength {} B, AvgNumber {} conversations/day, Compression {}",
+        i["seats"], i["avg_dur_secs"], i["msg_rate"], i["msg_length"], i["avg_number"], i["compression"]
+    );
+    println!("{:<60} {:>14} {:>14} {:>14} {:>16}", "", "B/conversation", "MB/day", "MB/month", "MB/user/month");
+    for (key, label) in [
+        ("literal", "literal (as printed: 60 x AvgDur, AvgNumber counted twice)"),
+        ("consistent", "consistent (AvgDur in seconds, AvgNumber once)"),
+    ] {
+        let e = &s[key];
+        let f = |k: &str| e[k].as_f64().unwrap_or(0.0);
+        println!(
+            "{label:<60} {:>14.1} {:>14.3} {:>14.3} {:>16.4}",
+            f("bytes_per_conversation"),
+            f("daily_mb"),
+            f("monthly_mb"),
+            f("mb_per_user_per_month")
+        );
+    }
+    let rule = s["rule_of_thumb_monthly_mb"].as_f64().unwrap_or(0.0);
+    println!(
+        "{:<60} {:>14} {:>14.3} {:>14.3} {:>16.4}",
+        "rule of thumb (0.5 MB per user per month)",
+        "",
+        rule / 30.0,
+        rule,
+        0.5
+    );
+}
+
+fn print_capacity(c: &serde_json::Value, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(c)?);
+        return Ok(());
+    }
+    print_sizing(&c["formula"]);
+    let m = &c["measured"];
+    let f = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0);
+    println!();
+    println!("measured in this archive:");
+    let d = &m["bytes_on_disk"];
+    println!(
+        "  bytes on disk: log {} + index {} + rollups {} + state {} = {}",
+        d["log"], d["index"], d["rollups"], d["state"], d["total"]
+    );
+    println!(
+        "  bytes per user per day: {:.1} (the consistent formula predicts {:.1}, the literal one {:.1})",
+        f(&m["bytes_per_user_per_day"]),
+        f(&m["consistent_formula_bytes_per_user_per_day"]),
+        f(&m["literal_formula_bytes_per_user_per_day"])
+    );
+    println!("  MB per user per month: {:.4} (rule of thumb 0.5)", f(&m["mb_per_user_per_month"]));
+    let fc = &c["forecast"];
+    println!();
+    println!("forecast: growth {:.0} B/day", f(&fc["growth_bytes_per_day"]));
+    match fc["days_until_full"].as_f64() {
+        Some(days) => {
+            println!("  the data volume ({} B free) is full in {days:.0} days at that rate", fc["volume_free_bytes"])
+        }
+        None => println!("  no growth measured: no forecast of the data volume"),
+    }
+    match fc["steady_state_bytes"].as_f64() {
+        Some(b) => println!("  under {} days of retention the archive settles at {b:.0} B", fc["retention_days"]),
+        None => println!("  no retention given (--retention-days): the archive grows without bound"),
+    }
+    Ok(())
+}
+
+/// A `{"columns", "rows"}` answer as an aligned text table, cells escaped by [`printable`].
+fn text_table(answer: &serde_json::Value) -> String {
+    let columns: Vec<String> = answer["columns"]
+        .as_array()
+        .map(|a| a.iter().map(|c| printable(c.as_str().unwrap_or(""))).collect())
+        .unwrap_or_default();
+    let cell = |v: &serde_json::Value| match v {
+        serde_json::Value::Null => String::new(),
+        serde_json::Value::String(s) => printable(s),
+        other => printable(&other.to_string()),
+    };
+    let rows: Vec<Vec<String>> = answer["rows"]
+        .as_array()
+        .map(|rows| {
+            rows.iter().map(|r| r.as_array().map(|r| r.iter().map(cell).collect()).unwrap_or_default()).collect()
+        })
+        .unwrap_or_default();
+    let mut widths: Vec<usize> = columns.iter().map(|c| c.chars().count()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(c.chars().count());
+            }
+        }
+    }
+    let line = |cells: &[String]| -> String {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c}{}", " ".repeat(w.saturating_sub(c.chars().count()))))
+            .collect();
+        format!(" {}\n", padded.join(" | ").trim_end())
+    };
+    let mut out = line(&columns);
+    let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+    out.push_str(&format!("-{}-\n", rule.join("-+-")));
+    for r in &rows {
+        out.push_str(&line(r));
+    }
+    let n = rows.len();
+    out.push_str(&format!("({n} row{})\n", if n == 1 { "" } else { "s" }));
+    out
 }
 
 /// Text for a terminal: control and bidirectional-formatting characters are

@@ -18,6 +18,8 @@ pub struct Config {
     /// Where the archive lives (`VERBATIM_DATA_DIR`).
     pub data_dir: PathBuf,
     pub http: HttpConfig,
+    /// The Postgres wire protocol endpoint.
+    pub pg: crate::pg::PgConfig,
     pub site: SiteConfig,
     pub log: LogConfig,
     /// Limits on each event.
@@ -26,6 +28,8 @@ pub struct Config {
     pub sessions: crate::ingest::SessionConfig,
     pub index: crate::index::IndexConfig,
     pub search: crate::index::search::SearchConfig,
+    pub rollup: crate::rollup::RollupConfig,
+    pub sql: crate::sql::SqlConfig,
 }
 
 /// Bytes a record's encoding may need beyond the strings of its JSON: the
@@ -72,6 +76,7 @@ impl Default for Config {
         Self {
             data_dir: PathBuf::from("./verbatim-data"),
             http: HttpConfig::default(),
+            pg: crate::pg::PgConfig::default(),
             site: SiteConfig::default(),
             log: LogConfig::default(),
             limits: Limits::default(),
@@ -79,6 +84,8 @@ impl Default for Config {
             sessions: crate::ingest::SessionConfig::default(),
             index: crate::index::IndexConfig::default(),
             search: crate::index::search::SearchConfig::default(),
+            rollup: crate::rollup::RollupConfig::default(),
+            sql: crate::sql::SqlConfig::default(),
         }
     }
 }
@@ -113,6 +120,9 @@ impl Config {
         if let Some(v) = env("VERBATIM_HTTP_LISTEN") {
             config.http.listen =
                 v.parse().with_context(|| format!("VERBATIM_HTTP_LISTEN={v} is not an address:port"))?;
+        }
+        if let Some(v) = env("VERBATIM_PG_LISTEN") {
+            config.pg.listen = v.parse().with_context(|| format!("VERBATIM_PG_LISTEN={v} is not an address:port"))?;
         }
         if let Some(v) = env("VERBATIM_SITE_ID") {
             config.site.id = v;

@@ -89,11 +89,50 @@ impl Default for IndexMetrics {
     }
 }
 
+/// The Parquet rollups and SQL.
+#[derive(Debug)]
+pub struct RollupMetrics {
+    pub watermark: Gauge,
+    pub lag_events: Gauge,
+    pub files: Gauge,
+    pub bytes: Gauge,
+    pub batches: Counter,
+    pub rows: Counter,
+    pub batch_seconds: Histogram,
+    pub compactions: Counter,
+    pub errors: Counter,
+    pub queries: Counter,
+    pub query_seconds: Histogram,
+    pub refused_queries: Counter,
+    pub failed_queries: Counter,
+}
+
+impl Default for RollupMetrics {
+    fn default() -> Self {
+        Self {
+            watermark: Gauge::default(),
+            lag_events: Gauge::default(),
+            files: Gauge::default(),
+            bytes: Gauge::default(),
+            batches: Counter::default(),
+            rows: Counter::default(),
+            batch_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            compactions: Counter::default(),
+            errors: Counter::default(),
+            queries: Counter::default(),
+            query_seconds: Histogram::new(exponential_buckets(0.000_5, 2.0, 18)),
+            refused_queries: Counter::default(),
+            failed_queries: Counter::default(),
+        }
+    }
+}
+
 /// Every metric of one server.
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub log: std::sync::Arc<LogMetrics>,
     pub index: std::sync::Arc<IndexMetrics>,
+    pub rollup: std::sync::Arc<RollupMetrics>,
 }
 
 impl Metrics {
@@ -157,6 +196,32 @@ impl Metrics {
             "audit_failures",
             "Reads refused because their audit record could not be made durable",
             i.audit_failures.clone(),
+        );
+        let u = &self.rollup;
+        r.register("rollup_watermark", "Offset after the last record in the Parquet rollups", u.watermark.clone());
+        r.register(
+            "rollup_lag_events",
+            "Durable records not yet rolled up (SQL reads them from the log)",
+            u.lag_events.clone(),
+        );
+        r.register("rollup_files", "Parquet files in the rollup manifest", u.files.clone());
+        r.register("rollup_bytes", "Bytes of the Parquet files in the manifest", u.bytes.clone());
+        r.register("rollup_batches", "Batches rolled up", u.batches.clone());
+        r.register("rollup_rows", "Rows written to Parquet (compactions not counted)", u.rows.clone());
+        r.register("rollup_batch_seconds", "Time to roll up one batch", u.batch_seconds.clone());
+        r.register("rollup_compactions", "Compactions of a day's small files", u.compactions.clone());
+        r.register("rollup_errors", "Rollup failures (it retries from the manifest)", u.errors.clone());
+        r.register("sql_queries", "SQL queries answered", u.queries.clone());
+        r.register("sql_query_seconds", "Time to answer an SQL query", u.query_seconds.clone());
+        r.register(
+            "sql_refused_queries",
+            "SQL refused before running (not read-only, too long, too busy)",
+            u.refused_queries.clone(),
+        );
+        r.register(
+            "sql_failed_queries",
+            "SQL that failed while running (errors, limits, timeouts)",
+            u.failed_queries.clone(),
         );
         let mut out = String::new();
         encode(&mut out, &r).expect("writing to a String cannot fail");

@@ -27,6 +27,10 @@ impl DataDir {
         self.0.join("index")
     }
 
+    pub fn rollup(&self) -> PathBuf {
+        self.0.join("rollup")
+    }
+
     pub fn audit(&self) -> PathBuf {
         self.0.join("audit")
     }

@@ -17,6 +17,9 @@ use crate::log::io::FsStorage;
 use crate::log::{Log, LogHandle};
 use crate::metrics::Metrics;
 use crate::paths::{write_atomic, DataDir};
+use crate::rollup::writer::RollupWriter;
+use crate::rollup::Rollups;
+use crate::sql::SqlEngine;
 use crate::state::StateDb;
 
 /// On a data directory without any admin token, creates one and writes it
@@ -47,8 +50,35 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let (index, fields) = crate::index::open(&data.index())?;
     let index = SearchIndex::new(index, fields, metrics.index.clone(), config.search.threads)?;
     let indexer = Indexer::start(index.clone(), log.reader(), config.index.clone())?;
+    let rollups = Rollups::open(&data.rollup(), metrics.rollup.clone())?;
+    let rollup_writer = RollupWriter::start(rollups.clone(), log.reader(), config.rollup.clone())?;
+    let blocks = Arc::new(crate::log::cache::BlockCache::new(config.search.block_cache_mb << 20));
+    let sql = SqlEngine::new(
+        rollups.clone(),
+        log.reader(),
+        blocks.clone(),
+        index.clone(),
+        config.search.clone(),
+        config.sql.clone(),
+    )?;
     let (audit, audit_writer) = Audit::open(&data.audit(), config.log_config(), config.site_id())?;
     let (handle, writer) = LogHandle::start(log, Box::new(sequencer), metrics.log.clone());
+    let pg = if config.pg.enabled {
+        let listener = tokio::net::TcpListener::bind(config.pg.listen)
+            .await
+            .with_context(|| format!("binding the Postgres endpoint {}", config.pg.listen))?;
+        info!(listen = %listener.local_addr()?, "Postgres wire protocol serving (database verbatim, an auditor token as password)");
+        Some(tokio::spawn(crate::pg::serve(
+            listener,
+            sql.clone(),
+            audit.clone(),
+            metrics.index.clone(),
+            tokens.clone(),
+            config.pg.max_connections,
+        )))
+    } else {
+        None
+    };
     let app = Arc::new(AppState {
         log: handle.clone(),
         metrics,
@@ -59,7 +89,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         index,
         search: config.search.clone(),
         audit: audit.clone(),
-        blocks: Arc::new(crate::log::cache::BlockCache::new(config.search.block_cache_mb << 20)),
+        blocks,
+        rollups,
+        sql,
+        data_dir: data.root().to_path_buf(),
     });
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
@@ -67,9 +100,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     info!(listen = %listener.local_addr()?, data_dir = %data.root().display(), site = %config.site.id, "verbatim serving");
     axum::serve(listener, router(app)).with_graceful_shutdown(shutdown_signal()).await?;
     info!("shutting down: writing queued batches and sealing the log");
+    if let Some(pg) = pg {
+        pg.abort();
+    }
     handle.close().await.map_err(|e| anyhow::anyhow!("closing the log: {e}"))?;
     let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     tokio::task::spawn_blocking(move || indexer.stop()).await?;
+    tokio::task::spawn_blocking(move || rollup_writer.stop()).await?;
     audit.close().await.map_err(|e| anyhow::anyhow!("closing the audit log: {e}"))?;
     let _ = tokio::task::spawn_blocking(move || audit_writer.join()).await;
     info!("stopped cleanly");

@@ -10,6 +10,7 @@ PACKAGES=(
   libclang-dev  # bindgen, for the rocksdb crate's C++ build
   clang         # bindgen finds the C++ standard headers through it
   fiu-utils     # fiu-run/fiu-ctrl: make fdatasync fail under the real server
+  postgresql-client  # psql against the Postgres wire protocol endpoint
 )
 
 missing=()

@@ -3,9 +3,11 @@
 //! Every route but `/healthz` needs a bearer token.
 
 pub mod auth;
+pub mod capacity;
 pub mod error;
 pub mod events;
 pub mod search;
+pub mod sql;
 
 #[cfg(test)]
 mod tests;
@@ -44,6 +46,10 @@ pub struct AppState {
     pub search: SearchConfig,
     pub audit: Arc<Audit>,
     pub blocks: Arc<BlockCache>,
+    pub rollups: Arc<crate::rollup::Rollups>,
+    pub sql: Arc<crate::sql::SqlEngine>,
+    /// The data directory, for sizes on disk.
+    pub data_dir: std::path::PathBuf,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -55,6 +61,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/search", get(search::get_search))
         .route("/v1/conversations/{id}", get(search::get_conversation))
         .route("/v1/status", get(search::get_status))
+        .route("/v1/sql", post(sql::post_sql))
+        .route("/v1/reports", get(sql::list_reports))
+        .route("/v1/capacity", get(capacity::get_capacity))
+        .route("/v1/reports/{name}", get(sql::get_report))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(state)
 }

@@ -335,7 +335,12 @@ pub async fn get_status(State(s): State<Arc<AppState>>, caller: Caller) -> Resul
                 "error": ix.error,
             },
             "audit": {"head": st.audit.reader().head().0},
-            "rollups": null,
+            "rollups": {
+                "watermark": st.rollups.watermark().0,
+                "lag_events": head.saturating_sub(st.rollups.watermark().0),
+                "files": st.rollups.manifest().files.len(),
+                "bytes": st.rollups.manifest().bytes(),
+            },
             "shipping": null,
         })
     })

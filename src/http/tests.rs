@@ -39,6 +39,21 @@ fn fixture(queue_depth: usize) -> Fixture {
         IngestSequencer::open(StateDb::open(&data.state()).expect("state"), SessionConfig::default(), &log.reader())
             .expect("seq");
     let metrics = Arc::new(Metrics::default());
+    let blocks = Arc::new(crate::log::cache::BlockCache::new(1 << 20));
+    let rollups = crate::rollup::Rollups::open(&data.rollup(), metrics.rollup.clone()).expect("rollups");
+    let index = {
+        let (index, fields) = crate::index::in_ram();
+        crate::index::indexer::SearchIndex::new(index, fields, metrics.index.clone(), 1).expect("index")
+    };
+    let sql = crate::sql::SqlEngine::new(
+        rollups.clone(),
+        log.reader(),
+        blocks.clone(),
+        index.clone(),
+        Default::default(),
+        Default::default(),
+    )
+    .expect("sql");
     let (handle, _) = LogHandle::start(log, Box::new(seq), metrics.log.clone());
     let tokens = Arc::new(TokenStore::new(&data));
     let ingest = tokens.create(Role::Ingest, vec!["proxy-*".into()], None).expect("token").0;
@@ -57,10 +72,7 @@ fn fixture(queue_depth: usize) -> Fixture {
         limits: Limits { max_recipients: 50, ..Limits::default() },
         ingest: ingest_limits,
         site: SiteId::new("test"),
-        index: {
-            let (index, fields) = crate::index::in_ram();
-            crate::index::indexer::SearchIndex::new(index, fields, metrics.index.clone(), 1).expect("index")
-        },
+        index,
         search: crate::index::search::SearchConfig::default(),
         audit: crate::audit::Audit::open_on(
             Arc::new(audit_storage.clone()),
@@ -70,7 +82,10 @@ fn fixture(queue_depth: usize) -> Fixture {
         )
         .expect("audit")
         .0,
-        blocks: Arc::new(crate::log::cache::BlockCache::new(1 << 20)),
+        blocks,
+        rollups,
+        sql,
+        data_dir: tmp.path().to_path_buf(),
     });
     Fixture { _tmp: tmp, state, storage, audit_storage, ingest, other_ingest, auditor }
 }
@@ -366,4 +381,42 @@ async fn a_read_whose_audit_record_cannot_be_made_durable_fails() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert_eq!(audit_head(), 2);
+}
+
+async fn post_sql(f: &Fixture, token: &str, sql: &str) -> (StatusCode, Option<String>, Value) {
+    let req = Request::post("/v1/sql")
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(json!({ "sql": sql }).to_string()))
+        .expect("request");
+    let resp = router(f.state.clone()).oneshot(req).await.expect("response");
+    let status = resp.status();
+    let retry = resp.headers().get(header::RETRY_AFTER).map(|v| v.to_str().expect("ascii").to_string());
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.expect("body");
+    (status, retry, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn sql_answers_auditors_only_and_never_without_a_durable_audit_record() {
+    let f = fixture(16);
+    let (status, _, reply) = send(&f, Post::new(ndjson(&[event(1, "hi there")]), &f.ingest)).await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    let audit_head = || f.state.audit.reader().head().0;
+    let (status, _, body) = post_sql(&f, &f.auditor, "SELECT sender, body, recipients FROM events").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["rows"], json!([["alice", "hi there", ["bob"]]]));
+    assert_eq!(audit_head(), 1);
+    let (status, _, _) = post_sql(&f, &f.ingest, "SELECT 1").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _, body) = post_sql(&f, &f.auditor, "DROP TABLE events").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(audit_head(), 2, "refused queries are audited too");
+    f.audit_storage.fail_sync_after(0);
+    let (status, retry, body) = post_sql(&f, &f.auditor, "SELECT body FROM events").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(retry.as_deref(), Some("1"));
+    assert!(body["error"].as_str().expect("error").contains("audit"), "{body}");
+    assert!(body.get("rows").is_none(), "no rows without an audit record");
+    assert_eq!(audit_head(), 2);
+    assert_eq!(f.state.metrics.index.audit_failures.get(), 1);
 }

@@ -58,6 +58,8 @@ pub fn free_addr() -> SocketAddr {
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The Postgres wire protocol endpoint.
+    pub pg: SocketAddr,
     pub data: PathBuf,
 }
 
@@ -76,16 +78,18 @@ impl Server {
             }
             None => Command::new(bin()),
         };
+        let pg = free_addr();
         let child = cmd
             .arg("--data-dir")
             .arg(data)
             .arg("serve")
             .env("VERBATIM_HTTP_LISTEN", addr.to_string())
+            .env("VERBATIM_PG_LISTEN", pg.to_string())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting verbatim serve");
-        let server = Server { child, addr, data: data.to_owned() };
+        let server = Server { child, addr, pg, data: data.to_owned() };
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Ok((200, _)) = server.get("/healthz") {
