@@ -185,7 +185,7 @@ async fn the_same_answers_whether_rolled_up_or_not() {
 #[tokio::test]
 async fn an_appended_event_is_visible_to_the_next_query() {
     let mut f = fixture(6, SqlConfig::default());
-    assert_eq!(table(&f, "SELECT count(*) AS n FROM events").await.contains("| 6 |"), true);
+    assert!(table(&f, "SELECT count(*) AS n FROM events").await.contains("| 6 |"));
     f.log.append(&mut [vec![record("irc", "zoe", "yan", None, "fresh", T0 + 7, 9)]]).expect("append");
     let got = table(&f, "SELECT sender, body FROM events WHERE \"offset\" = 6").await;
     assert!(got.contains("| zoe    | fresh |"), "{got}");
@@ -237,7 +237,7 @@ async fn anything_but_a_read_only_query_is_refused_by_name() {
     // The engine still answers, and nothing was created.
     assert!(table(&f, "SHOW TABLES").await.contains("events"));
     assert!(!table(&f, "SHOW TABLES").await.contains("| x "));
-    assert_eq!(table(&f, "SELECT count(*) AS n FROM events").await.contains("| 6 |"), true);
+    assert!(table(&f, "SELECT count(*) AS n FROM events").await.contains("| 6 |"));
 }
 
 #[tokio::test]
