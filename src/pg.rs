@@ -331,7 +331,9 @@ pub async fn serve(
         let (socket, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
+                // Out of file descriptors, say: back off instead of spinning.
                 warn!("accepting a Postgres connection: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 continue;
             }
         };

@@ -147,6 +147,7 @@ pub async fn get_capacity(
             "consistent: AvgDur in seconds, AvgNumber counted once",
             "seats: distinct senders of messages; avg_number: conversations per seat per day over the days with messages",
             "compression is the formula's parameter (default 0.05), not measured",
+            "growth: bytes on disk over the days spanned by received_at, at least one day (an archive imported in one run shows its whole size as one day)",
         ],
     });
     let entry =
