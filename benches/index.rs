@@ -188,16 +188,6 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// A queries-file line in tantivy syntax (`word|and|phrase<TAB>words` or as is).
-fn query_text(line: &str) -> String {
-    match line.split_once('\t') {
-        Some(("word", w)) => w.split_whitespace().next().unwrap_or("").to_string(),
-        Some(("and", w)) => w.split_whitespace().collect::<Vec<_>>().join(" AND "),
-        Some(("phrase", w)) => format!("\"{}\"", w.split_whitespace().collect::<Vec<_>>().join(" ")),
-        _ => line.to_string(),
-    }
-}
-
 fn bare_search(index_dir: &Path, queries: &Path, passes: usize) -> anyhow::Result<()> {
     let (index, fields) = verbatim::index::open(index_dir)?;
     let reader = index.reader()?;
@@ -206,7 +196,7 @@ fn bare_search(index_dir: &Path, queries: &Path, passes: usize) -> anyhow::Resul
     let queries: Vec<String> = std::fs::read_to_string(queries)?
         .lines()
         .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
-        .map(query_text)
+        .map(verbatim::index::search::query_of_queries_line)
         .collect();
     println!(
         "bare tantivy on {} ({} docs, {} segments): {} queries",

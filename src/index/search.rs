@@ -487,6 +487,18 @@ impl Compiler<'_> {
 }
 
 /// RFC 3339 (`2024-05-01T12:00:00Z`), a date (`2024-05-01`, midnight UTC), or Unix nanoseconds.
+/// A line of the shared benchmark's queries file (`word|and|phrase<TAB>words`,
+/// or a query as is) in our query syntax; the benchmarks and the load
+/// generator read the same file.
+pub fn query_of_queries_line(line: &str) -> String {
+    match line.split_once('\t') {
+        Some(("word", w)) => w.split_whitespace().next().unwrap_or("").to_string(),
+        Some(("and", w)) => w.split_whitespace().collect::<Vec<_>>().join(" AND "),
+        Some(("phrase", w)) => format!("\"{}\"", w.split_whitespace().collect::<Vec<_>>().join(" ")),
+        _ => line.to_string(),
+    }
+}
+
 pub fn parse_time(s: &str) -> Result<i64, SearchError> {
     let s = s.trim();
     if let Ok(n) = s.parse::<i64>() {

@@ -409,16 +409,6 @@ fn percent_encode(s: &str) -> String {
         .collect()
 }
 
-/// A line of a queries file as query text.
-fn query_text(line: &str) -> String {
-    match line.split_once('\t') {
-        Some(("word", w)) => w.split_whitespace().next().unwrap_or("").to_string(),
-        Some(("and", w)) => w.split_whitespace().collect::<Vec<_>>().join(" AND "),
-        Some(("phrase", w)) => format!("\"{}\"", w.split_whitespace().collect::<Vec<_>>().join(" ")),
-        _ => line.to_string(),
-    }
-}
-
 /// `GET /v1/search`: (status, total, hits on the page, body).
 fn search_once(agent: &ureq::Agent, base: &str, token: &str, query: &str) -> anyhow::Result<(u16, u64, usize, String)> {
     let mut resp = agent
@@ -448,7 +438,14 @@ fn query(a: &QueryArgs) -> anyhow::Result<()> {
     let queries: Vec<String> = text
         .lines()
         .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
-        .map(|l| format!("q={}&limit={}&sort={}", percent_encode(&query_text(l)), a.limit, a.sort))
+        .map(|l| {
+            format!(
+                "q={}&limit={}&sort={}",
+                percent_encode(&verbatim::index::search::query_of_queries_line(l)),
+                a.limit,
+                a.sort
+            )
+        })
         .collect();
     anyhow::ensure!(!queries.is_empty(), "no queries in {}", a.queries.display());
     let base = a.url.trim_end_matches('/').to_string();
