@@ -19,6 +19,7 @@ pub mod chain;
 pub mod frame;
 pub mod handle;
 pub mod io;
+pub mod raw;
 pub mod reader;
 pub mod recovery;
 pub mod seal;
@@ -28,7 +29,7 @@ pub mod verify;
 pub mod writer;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -56,6 +56,10 @@ impl LogReader {
         Self { shared }
     }
 
+    pub(crate) fn shared(&self) -> &Arc<LogShared> {
+        &self.shared
+    }
+
     /// The offset after the last durable record.
     pub fn head(&self) -> Offset {
         self.shared.durable_end()

@@ -231,31 +231,58 @@ impl Log {
             Ok(b) => b,
             Err(e) => return Err(io_err("compress", &path)(e)),
         };
+        let entry = (first, builder.count(), block.len() as u64);
+        let stats = self.write_blocks(&block, [entry], next, chain, clock, builder.raw_len() as u64)?;
+        Ok((ranges, stats))
+    }
+
+    /// Writes encoded blocks (`entries`: first offset, record count and
+    /// length of each, in order) and fsyncs once; only then are they visible,
+    /// up to `end`, with `chain` and `clock` as the log's last link and
+    /// received_at. A failure stops the writer.
+    pub(super) fn write_blocks(
+        &mut self,
+        bytes: &[u8],
+        entries: impl IntoIterator<Item = (Offset, u32, u64)>,
+        end: Offset,
+        chain: ChainHash,
+        clock: i64,
+        raw_bytes: u64,
+    ) -> Result<BlockStats, LogError> {
+        let path = self.active.view.path.clone();
         let started = Instant::now();
-        if let Err(e) = self.active.file.append(&block).and_then(|()| self.active.file.sync_data()) {
+        if let Err(e) = self.active.file.append(bytes).and_then(|()| self.active.file.sync_data()) {
             let err = io_err("write and sync", &path)(e);
             self.failed = Some(err.to_string());
             return Err(err);
         }
         let sync_nanos = started.elapsed().as_nanos() as u64;
         self.last_received_at = clock;
-        let pos = self.active.size;
-        self.active.size += block.len() as u64;
+        let records = end.0 - self.head().0;
         {
             let mut tail = self.active.view.tail_mut();
-            tail.blocks.push(BlockEntry { first_offset: first, pos, count: builder.count() });
+            let mut pos = self.active.size;
+            for (first_offset, count, len) in entries {
+                tail.blocks.push(BlockEntry { first_offset, pos, count });
+                pos += len;
+            }
+            self.active.size += bytes.len() as u64;
             tail.data_end = self.active.size;
-            tail.end_offset = next;
+            tail.end_offset = end;
             tail.last_chain = chain;
         }
-        self.shared.set_durable_end(next);
-        let stats = BlockStats {
-            records: u64::from(builder.count()),
-            raw_bytes: builder.raw_len() as u64,
-            stored_bytes: block.len() as u64,
-            sync_nanos,
-        };
-        Ok((ranges, stats))
+        self.shared.set_durable_end(end);
+        Ok(BlockStats { records, raw_bytes, stored_bytes: bytes.len() as u64, sync_nanos })
+    }
+
+    /// The active segment's tail: the log's head and last link.
+    pub(super) fn active_tail(&self) -> SegmentTail {
+        self.active.view.tail().clone()
+    }
+
+    /// The received_at of the newest record (`i64::MIN` for an empty log).
+    pub(super) fn last_received_at(&self) -> i64 {
+        self.last_received_at
     }
 
     fn should_roll(&self) -> bool {

@@ -16,7 +16,7 @@ use super::{Log, LogConfig, LogError, LogReader};
 pub(super) const DIR: &str = "/data/log";
 
 /// Tiny segments and blocks, so that rolling and sealing happen constantly.
-pub(super) fn small_config() -> LogConfig {
+pub(crate) fn small_config() -> LogConfig {
     LogConfig {
         segment_max_bytes: 4096,
         segment_max_age_secs: u64::MAX,
@@ -43,7 +43,7 @@ pub(super) const HOSTILE: &[&str] = &[
 ];
 
 /// A deterministic record; `body_len` bytes of varied text.
-pub(super) fn record(n: u64, body_len: usize) -> Record {
+pub(crate) fn record(n: u64, body_len: usize) -> Record {
     let mut body = String::from(HOSTILE[(n as usize) % HOSTILE.len()]);
     while body.len() < body_len {
         body.push_str(" chat text ");
