@@ -35,8 +35,11 @@ pub enum Command {
     Serve,
     /// Append an NDJSON file of events (wire format v1) to the log, offline.
     Import { file: PathBuf },
-    /// Check every segment: checksums, records, offsets, hash chain, footers.
+    /// Check every segment of the log and, on HQ, of every site's replica:
+    /// checksums, records, offsets, hash chain, footers.
     Verify,
+    /// On a regional site: compare this log's chain with HQ's copy (site.hq_url, site.hq_token).
+    CompareHq,
     /// Print records as NDJSON, byte-exact, from an offset.
     Dump {
         #[arg(long, default_value_t = 0)]
@@ -277,7 +280,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
         }
         Command::Token { command } => token(&config, command)?,
-        Command::Verify => return verify(&log_dir),
+        Command::Verify => return verify_all(&config.data()),
+        Command::CompareHq => return compare_hq(&config, &log_dir),
         Command::Dump { from, limit } => dump(&config, &log_dir, Offset(from), limit)?,
         Command::Stats { json } => stats(&config, &log_dir, json)?,
         Command::Search {
@@ -408,7 +412,49 @@ fn require_log(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn verify(dir: &Path) -> anyhow::Result<ExitCode> {
+/// The log, then every replica under `<data>/replicas/`.
+fn verify_all(data: &crate::paths::DataDir) -> anyhow::Result<ExitCode> {
+    let mut ok = verify(&data.log())?;
+    let replicas = data.replicas();
+    if replicas.is_dir() {
+        let mut sites = FsStorage.list(&replicas)?;
+        sites.sort();
+        for site in sites.into_iter().filter(|s| crate::ship::valid_site(s)) {
+            print!("replica of site {site}: ");
+            ok &= verify(&replicas.join(&site))?;
+        }
+    }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// Asks HQ where it stands for this site and compares its chain link with
+/// this log's at the same offset.
+fn compare_hq(config: &Config, log_dir: &Path) -> anyhow::Result<ExitCode> {
+    require_log(log_dir)?;
+    let (Some(url), Some(token)) = (&config.site.hq_url, &config.site.hq_token) else {
+        anyhow::bail!("compare-hq needs site.hq_url and site.hq_token (a regional site's config)");
+    };
+    let url = format!("{}/v1/replication/{}", url.trim_end_matches('/'), config.site.id);
+    let resp = agent(60).get(&url).header("Authorization", &format!("Bearer {token}")).call();
+    let hw: crate::ship::HighWater = serde_json::from_str(&answer_text(&url, resp)?).context("HQ's answer")?;
+    let reader = crate::log::open_read_only(&FsStorage, log_dir, &config.log_config())?;
+    let head = reader.head().0;
+    println!("site {}: this log's head {head}; HQ holds {} records, chain {}", config.site.id, hw.high_water, hw.chain);
+    if hw.high_water > head {
+        println!("FORK: HQ holds more records of this site than this log");
+        return Ok(ExitCode::from(1));
+    }
+    let mine = reader.chain_at(Offset(hw.high_water))?.to_hex();
+    if mine != hw.chain {
+        println!("FORK: this log's chain at offset {} is {mine}", hw.high_water);
+        return Ok(ExitCode::from(1));
+    }
+    println!("same chain at offset {}; {} records not yet at HQ", hw.high_water, head - hw.high_water);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Verifies one log directory and prints what it found; true if undamaged.
+fn verify(dir: &Path) -> anyhow::Result<bool> {
     require_log(dir)?;
     let total: u64 = FsStorage
         .list(dir)?
@@ -430,11 +476,11 @@ fn verify(dir: &Path) -> anyhow::Result<ExitCode> {
     match report.problem {
         Some(p) => {
             println!("DAMAGED: {p}");
-            Ok(ExitCode::from(1))
+            Ok(false)
         }
         None => {
             println!("ok");
-            Ok(ExitCode::SUCCESS)
+            Ok(true)
         }
     }
 }

@@ -30,6 +30,7 @@ pub struct Config {
     pub search: crate::index::search::SearchConfig,
     pub rollup: crate::rollup::RollupConfig,
     pub sql: crate::sql::SqlConfig,
+    pub replication: crate::ship::ReplicationConfig,
 }
 
 /// Bytes a record's encoding may need beyond the strings of its JSON: the
@@ -69,6 +70,35 @@ pub struct HttpConfig {
 pub struct SiteConfig {
     /// This archive's site id, stamped on every record (`VERBATIM_SITE_ID`).
     pub id: String,
+    /// `standalone`, `regional` (ships its log to HQ) or `hq` (receives
+    /// sites' logs) (`VERBATIM_SITE_ROLE`).
+    pub role: SiteRole,
+    /// For `regional`: HQ's base URL, `http://host:port` (`VERBATIM_HQ_URL`).
+    pub hq_url: Option<String>,
+    /// For `regional`: a replica token HQ issued for this site (`VERBATIM_HQ_TOKEN`).
+    pub hq_token: Option<String>,
+}
+
+/// What a server is in a replication topology.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SiteRole {
+    #[default]
+    Standalone,
+    Regional,
+    Hq,
+}
+
+impl std::str::FromStr for SiteRole {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match s {
+            "standalone" => Ok(Self::Standalone),
+            "regional" => Ok(Self::Regional),
+            "hq" => Ok(Self::Hq),
+            _ => anyhow::bail!("site role `{s}` is not standalone, regional or hq"),
+        }
+    }
 }
 
 impl Default for Config {
@@ -86,6 +116,7 @@ impl Default for Config {
             search: crate::index::search::SearchConfig::default(),
             rollup: crate::rollup::RollupConfig::default(),
             sql: crate::sql::SqlConfig::default(),
+            replication: crate::ship::ReplicationConfig::default(),
         }
     }
 }
@@ -98,7 +129,7 @@ impl Default for HttpConfig {
 
 impl Default for SiteConfig {
     fn default() -> Self {
-        Self { id: "local".into() }
+        Self { id: "local".into(), role: SiteRole::Standalone, hq_url: None, hq_token: None }
     }
 }
 
@@ -127,6 +158,15 @@ impl Config {
         if let Some(v) = env("VERBATIM_SITE_ID") {
             config.site.id = v;
         }
+        if let Some(v) = env("VERBATIM_SITE_ROLE") {
+            config.site.role = v.parse().context("VERBATIM_SITE_ROLE")?;
+        }
+        if let Some(v) = env("VERBATIM_HQ_URL") {
+            config.site.hq_url = Some(v);
+        }
+        if let Some(v) = env("VERBATIM_HQ_TOKEN") {
+            config.site.hq_token = Some(v);
+        }
         config.check()?;
         Ok(config)
     }
@@ -143,6 +183,24 @@ impl Config {
             !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
             "site.id `{id}` must be 1-64 characters of letters, digits, `-` and `_`"
         );
+        match self.site.role {
+            SiteRole::Regional => {
+                let url = self.site.hq_url.as_deref().unwrap_or_default();
+                anyhow::ensure!(
+                    url.starts_with("http://"),
+                    "a regional site needs site.hq_url, HQ's http://host:port (this build ships over plain HTTP)"
+                );
+                anyhow::ensure!(
+                    self.site.hq_token.is_some(),
+                    "a regional site needs site.hq_token, a replica token from HQ"
+                );
+            }
+            _ => anyhow::ensure!(
+                self.site.hq_url.is_none() && self.site.hq_token.is_none(),
+                "site.hq_url and site.hq_token apply to a regional site only"
+            ),
+        }
+        self.replication.check()?;
         let l = &self.log;
         anyhow::ensure!((0..=22).contains(&l.compression_level), "log.compression_level must be 0-22");
         anyhow::ensure!((1..=22).contains(&l.sealed_compression_level), "log.sealed_compression_level must be 1-22");

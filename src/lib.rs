@@ -16,6 +16,7 @@ pub mod paths;
 pub mod pg;
 pub mod rollup;
 pub mod server;
+pub mod ship;
 pub mod sizing;
 pub mod sql;
 pub mod state;

@@ -2,6 +2,7 @@
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
@@ -133,6 +134,44 @@ pub struct Metrics {
     pub log: std::sync::Arc<LogMetrics>,
     pub index: std::sync::Arc<IndexMetrics>,
     pub rollup: std::sync::Arc<RollupMetrics>,
+    pub replication: std::sync::Arc<ReplicationMetrics>,
+}
+
+type SiteGauge = Family<Vec<(String, String)>, Gauge>;
+
+/// Log shipping: the regional shipper's figures and HQ's per-site ones,
+/// refreshed whenever `/metrics` or `/v1/status` is read.
+#[derive(Debug, Default)]
+pub struct ReplicationMetrics {
+    pub shipping_cursor: Gauge,
+    pub shipping_lag_events: Gauge,
+    pub shipping_lag_bytes: Gauge,
+    pub shipping_lag_seconds: Gauge<f64, AtomicU64>,
+    pub shipping_alarm: Gauge,
+    pub shipping_shipped_events: Gauge,
+    pub replica_high_water: SiteGauge,
+    pub replica_lag_events: SiteGauge,
+    pub replica_forks: SiteGauge,
+}
+
+impl ReplicationMetrics {
+    pub fn set_shipping(&self, s: &crate::ship::shipper::ShippingStatus) {
+        self.shipping_cursor.set(s.cursor as i64);
+        self.shipping_lag_events.set(s.lag_events as i64);
+        self.shipping_lag_bytes.set(s.lag_bytes as i64);
+        self.shipping_lag_seconds.set(s.lag_seconds);
+        self.shipping_alarm.set(i64::from(!s.alarms.is_empty()));
+        self.shipping_shipped_events.set(s.shipped_events as i64);
+    }
+
+    pub fn set_replicas(&self, sites: &[crate::ship::SiteStatus]) {
+        for s in sites {
+            let l = vec![("site".to_string(), s.site.clone())];
+            self.replica_high_water.get_or_create(&l).set(s.high_water as i64);
+            self.replica_lag_events.get_or_create(&l).set(s.lag_events.unwrap_or(0) as i64);
+            self.replica_forks.get_or_create(&l).set(s.forks as i64);
+        }
+    }
 }
 
 impl Metrics {
@@ -223,6 +262,36 @@ impl Metrics {
             "SQL that failed while running (errors, limits, timeouts)",
             u.failed_queries.clone(),
         );
+        let p = &self.replication;
+        r.register(
+            "shipping_cursor",
+            "Regional: offset after the last record HQ acknowledged",
+            p.shipping_cursor.clone(),
+        );
+        r.register("shipping_lag_events", "Regional: durable records not yet at HQ", p.shipping_lag_events.clone());
+        r.register("shipping_lag_bytes", "Regional: stored block bytes not yet at HQ", p.shipping_lag_bytes.clone());
+        r.register(
+            "shipping_lag_seconds",
+            "Regional: age of the oldest record not yet at HQ",
+            p.shipping_lag_seconds.clone(),
+        );
+        r.register("shipping_alarm", "Regional: 1 while the backlog or a fork alarm is on", p.shipping_alarm.clone());
+        r.register(
+            "shipping_shipped_events",
+            "Regional: records shipped since start",
+            p.shipping_shipped_events.clone(),
+        );
+        r.register(
+            "replica_high_water",
+            "HQ: offset after the last record held, per site",
+            p.replica_high_water.clone(),
+        );
+        r.register(
+            "replica_lag_events",
+            "HQ: records the site reported that HQ does not hold yet",
+            p.replica_lag_events.clone(),
+        );
+        r.register("replica_forks", "HQ: shipments refused as forks since start, per site", p.replica_forks.clone());
         let mut out = String::new();
         encode(&mut out, &r).expect("writing to a String cannot fail");
         out

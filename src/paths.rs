@@ -35,6 +35,16 @@ impl DataDir {
         self.0.join("audit")
     }
 
+    /// On HQ: one replica log per site, `<data>/replicas/<site>/`.
+    pub fn replicas(&self) -> PathBuf {
+        self.0.join("replicas")
+    }
+
+    /// On a regional site: the shipper's cursor.
+    pub fn shipping_cursor(&self) -> PathBuf {
+        self.0.join("shipping.json")
+    }
+
     pub fn state(&self) -> PathBuf {
         self.0.join("state")
     }

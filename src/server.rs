@@ -9,7 +9,7 @@ use tracing::info;
 
 use crate::audit::Audit;
 use crate::auth::{Role, TokenStore};
-use crate::config::Config;
+use crate::config::{Config, SiteRole};
 use crate::http::{router, AppState};
 use crate::index::indexer::{Indexer, SearchIndex};
 use crate::ingest::IngestSequencer;
@@ -19,6 +19,8 @@ use crate::metrics::Metrics;
 use crate::paths::{write_atomic, DataDir};
 use crate::rollup::writer::RollupWriter;
 use crate::rollup::Rollups;
+use crate::ship::shipper::{Shipper, ShipperConfig};
+use crate::ship::Replicas;
 use crate::sql::SqlEngine;
 use crate::state::StateDb;
 
@@ -79,6 +81,27 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     } else {
         None
     };
+    let replicas = match config.site.role {
+        SiteRole::Hq => Some(
+            Replicas::open(Arc::new(FsStorage), &data.replicas(), config.log_config())
+                .context("opening the replica logs")?,
+        ),
+        _ => None,
+    };
+    let shipper = match (config.site.role, &config.site.hq_url, &config.site.hq_token) {
+        (SiteRole::Regional, Some(url), Some(token)) => Some(Shipper::start(
+            handle.reader().clone(),
+            ShipperConfig {
+                site: config.site.id.clone(),
+                hq_url: url.clone(),
+                token: token.clone(),
+                replication: config.replication.clone(),
+                level: config.log.sealed_compression_level,
+                cursor_file: data.shipping_cursor(),
+            },
+        )?),
+        _ => None,
+    };
     let app = Arc::new(AppState {
         log: handle.clone(),
         metrics,
@@ -93,20 +116,32 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         rollups,
         sql,
         data_dir: data.root().to_path_buf(),
+        replication: config.replication.clone(),
+        replicas: replicas.clone(),
+        shipper: shipper.clone(),
     });
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("binding {}", config.http.listen))?;
     info!(listen = %listener.local_addr()?, data_dir = %data.root().display(), site = %config.site.id, "verbatim serving");
-    axum::serve(listener, router(app)).with_graceful_shutdown(shutdown_signal()).await?;
+    axum::serve(listener, router(app.clone())).with_graceful_shutdown(shutdown_signal()).await?;
     info!("shutting down: writing queued batches and sealing the log");
     if let Some(pg) = pg {
         pg.abort();
+    }
+    if let Some(s) = shipper {
+        tokio::task::spawn_blocking(move || s.stop()).await?;
     }
     handle.close().await.map_err(|e| anyhow::anyhow!("closing the log: {e}"))?;
     let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     tokio::task::spawn_blocking(move || indexer.stop()).await?;
     tokio::task::spawn_blocking(move || rollup_writer.stop()).await?;
+    if let Some(r) = replicas {
+        drop(app);
+        tokio::task::spawn_blocking(move || r.close())
+            .await?
+            .map_err(|e| anyhow::anyhow!("sealing the replica logs: {e}"))?;
+    }
     audit.close().await.map_err(|e| anyhow::anyhow!("closing the audit log: {e}"))?;
     let _ = tokio::task::spawn_blocking(move || audit_writer.join()).await;
     info!("stopped cleanly");

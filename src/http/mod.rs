@@ -6,6 +6,7 @@ pub mod auth;
 pub mod capacity;
 pub mod error;
 pub mod events;
+pub mod replication;
 pub mod search;
 pub mod sql;
 
@@ -50,6 +51,11 @@ pub struct AppState {
     pub sql: Arc<crate::sql::SqlEngine>,
     /// The data directory, for sizes on disk.
     pub data_dir: std::path::PathBuf,
+    pub replication: crate::ship::ReplicationConfig,
+    /// On HQ: the replica logs of the sites.
+    pub replicas: Option<Arc<crate::ship::Replicas>>,
+    /// On a regional site: the shipper to HQ.
+    pub shipper: Option<Arc<crate::ship::shipper::Shipper>>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -65,6 +71,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/reports", get(sql::list_reports))
         .route("/v1/capacity", get(capacity::get_capacity))
         .route("/v1/reports/{name}", get(sql::get_report))
+        .route("/v1/replication/{site}", get(replication::get_high_water))
+        // The handler applies `replication.max_body_bytes` itself, with a 413 of its own.
+        .route("/v1/replication/{site}/blocks", post(replication::post_blocks).layer(DefaultBodyLimit::disable()))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(state)
 }
@@ -82,6 +91,15 @@ async fn healthz(State(s): State<Arc<AppState>>) -> Response {
 async fn metrics(State(s): State<Arc<AppState>>, caller: Caller) -> Result<Response, ApiError> {
     caller.require(&[Role::Admin, Role::Auditor])?;
     let st = s.clone();
-    let _ = tokio::task::spawn_blocking(move || st.index.lag(st.log.reader())).await;
+    let _ = tokio::task::spawn_blocking(move || {
+        st.index.lag(st.log.reader());
+        if let Some(sh) = &st.shipper {
+            st.metrics.replication.set_shipping(&sh.status());
+        }
+        if let Some(r) = &st.replicas {
+            st.metrics.replication.set_replicas(&r.status());
+        }
+    })
+    .await;
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], s.metrics.render()).into_response())
 }

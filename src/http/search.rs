@@ -341,7 +341,17 @@ pub async fn get_status(State(s): State<Arc<AppState>>, caller: Caller) -> Resul
                 "files": st.rollups.manifest().files.len(),
                 "bytes": st.rollups.manifest().bytes(),
             },
-            "shipping": null,
+            "site": {"id": st.site.as_str()},
+            "shipping": st.shipper.as_ref().map(|sh| {
+                let x = sh.status();
+                st.metrics.replication.set_shipping(&x);
+                json!(x)
+            }),
+            "replicas": st.replicas.as_ref().map(|r| {
+                let sites = r.status();
+                st.metrics.replication.set_replicas(&sites);
+                json!(sites)
+            }),
         })
     })
     .await

@@ -86,6 +86,9 @@ fn fixture(queue_depth: usize) -> Fixture {
         rollups,
         sql,
         data_dir: tmp.path().to_path_buf(),
+        replication: crate::ship::ReplicationConfig::default(),
+        replicas: None,
+        shipper: None,
     });
     Fixture { _tmp: tmp, state, storage, audit_storage, ingest, other_ingest, auditor }
 }

@@ -70,6 +70,11 @@ impl Server {
 
     /// Starts `verbatim serve` on `addr`, behind `wrapper` (e.g. `fiu-run -x`) if given.
     pub fn start_with(data: &Path, addr: SocketAddr, wrapper: &[&str]) -> Server {
+        Self::start_env(data, addr, wrapper, &[])
+    }
+
+    /// [`Server::start_with`] with extra environment variables (`VERBATIM_SITE_ROLE`, …).
+    pub fn start_env(data: &Path, addr: SocketAddr, wrapper: &[&str], env: &[(&str, &str)]) -> Server {
         let mut cmd = match wrapper.split_first() {
             Some((w, args)) => {
                 let mut c = Command::new(w);
@@ -85,6 +90,7 @@ impl Server {
             .arg("serve")
             .env("VERBATIM_HTTP_LISTEN", addr.to_string())
             .env("VERBATIM_PG_LISTEN", pg.to_string())
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
