@@ -2,14 +2,22 @@
 //! ingesting with the load generator ships to HQ while each side is killed
 //! with SIGKILL and restarted; afterwards HQ's copy holds the same records at
 //! the same offsets with the same chain head, and bad shipments are refused.
+//! A fault-injecting TCP relay between them delays, cuts, drops answers and
+//! replays connections.
 
 mod common;
 
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{bin, create_token, free_addr, loadgen, run, stderr, stdout, Server};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
 const SITE: &str = "nyc";
@@ -234,4 +242,233 @@ fn hq_refuses_wrong_sites_bad_shipments_and_servers_that_are_not_hq_refuse_shipm
         .expect("serve");
     assert!(!out.status.success());
     assert!(stderr(&out).contains("site.hq_url"), "{}", stderr(&out));
+}
+
+/// What the relay did to one connection once its byte budget ran out.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// Closes both sides mid-request: HQ gets a truncated shipment.
+    CutRequest,
+    /// Forwards the request whole but closes the client instead of
+    /// answering: HQ applied it, the shipper never hears.
+    DropAnswer,
+    /// Cuts, then replays every byte the client sent on a new connection.
+    Duplicate,
+    /// Closes a new connection at once.
+    Refuse,
+}
+
+const FAULTS: [Fault; 4] = [Fault::CutRequest, Fault::DropAnswer, Fault::Duplicate, Fault::Refuse];
+
+/// A TCP relay on loopback between the site and HQ that delays every chunk
+/// and, while `faulty`, ends each connection after a random budget of bytes
+/// with the next fault in turn.
+struct Relay {
+    addr: std::net::SocketAddr,
+    faulty: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    counts: Arc<[AtomicU64; 4]>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Relay {
+    fn start(upstream: std::net::SocketAddr, seed: u64) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind relay");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("addr");
+        let faulty = Arc::new(AtomicBool::new(true));
+        let stop = Arc::new(AtomicBool::new(false));
+        let counts: Arc<[AtomicU64; 4]> = Arc::new(Default::default());
+        let (f, s, c) = (faulty.clone(), stop.clone(), counts.clone());
+        let thread = std::thread::spawn(move || {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let mut n = 0usize;
+            while !s.load(Ordering::SeqCst) {
+                let client = match listener.accept() {
+                    Ok((c, _)) => c,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    }
+                    Err(e) => panic!("relay accept: {e}"),
+                };
+                client.set_nonblocking(false).expect("blocking");
+                let fault = f.load(Ordering::SeqCst).then(|| {
+                    n += 1;
+                    FAULTS[n % FAULTS.len()]
+                });
+                let budget = rng.random_range(2_000..40_000u64);
+                let delay_seed = rng.random();
+                let c = c.clone();
+                std::thread::spawn(move || relay_connection(client, upstream, fault, budget, delay_seed, &c));
+            }
+        });
+        Relay { addr, faulty, stop, counts, thread: Some(thread) }
+    }
+
+    fn count(&self, f: Fault) -> u64 {
+        self.counts[f as usize].load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn relay_connection(
+    client: TcpStream,
+    upstream: std::net::SocketAddr,
+    fault: Option<Fault>,
+    budget: u64,
+    delay_seed: u64,
+    counts: &[AtomicU64; 4],
+) {
+    let hit = |f: Fault| counts[f as usize].fetch_add(1, Ordering::SeqCst);
+    if matches!(fault, Some(Fault::Refuse)) {
+        hit(Fault::Refuse);
+        return;
+    }
+    let Ok(server) = TcpStream::connect(upstream) else { return };
+    let mute = Arc::new(AtomicBool::new(false));
+    // HQ → site, unless the answer is to be dropped.
+    let (mut from_server, mut to_client) = (server.try_clone().expect("clone"), client.try_clone().expect("clone"));
+    let m = mute.clone();
+    let back = std::thread::spawn(move || {
+        let mut buf = [0u8; 16384];
+        loop {
+            match from_server.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(k) => {
+                    if m.load(Ordering::SeqCst) || to_client.write_all(&buf[..k]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = to_client.shutdown(Shutdown::Both);
+    });
+    // Site → HQ, with delays and the fault.
+    let (mut from_client, mut to_server) = (client, server);
+    let mut rng = StdRng::seed_from_u64(delay_seed);
+    let mut sent = Vec::new();
+    let mut buf = [0u8; 16384];
+    loop {
+        let k = match from_client.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => k,
+        };
+        std::thread::sleep(Duration::from_micros(rng.random_range(0..3_000)));
+        let over = sent.len() as u64 + k as u64 > budget;
+        match fault {
+            Some(Fault::CutRequest) if over => {
+                let part = (budget as usize).saturating_sub(sent.len()).min(k);
+                let _ = to_server.write_all(&buf[..part]);
+                hit(Fault::CutRequest);
+                break;
+            }
+            Some(Fault::DropAnswer) if over => {
+                mute.store(true, Ordering::SeqCst);
+                let _ = to_server.write_all(&buf[..k]);
+                hit(Fault::DropAnswer);
+                // HQ gets the whole request; the site's connection dies.
+                let _ = from_client.shutdown(Shutdown::Both);
+                std::thread::sleep(Duration::from_millis(200));
+                break;
+            }
+            Some(Fault::Duplicate) if over => {
+                sent.extend_from_slice(&buf[..k]);
+                let _ = to_server.write_all(&buf[..k]);
+                hit(Fault::Duplicate);
+                let _ = from_client.shutdown(Shutdown::Both);
+                // Replay everything the site sent, on a fresh connection.
+                if let Ok(mut again) = TcpStream::connect(upstream) {
+                    let _ = again.write_all(&sent);
+                    let _ = again.shutdown(Shutdown::Write);
+                    let _ = again.set_read_timeout(Some(Duration::from_secs(10)));
+                    let _ = std::io::copy(&mut again, &mut std::io::sink());
+                }
+                break;
+            }
+            _ => {
+                if to_server.write_all(&buf[..k]).is_err() {
+                    break;
+                }
+                sent.extend_from_slice(&buf[..k]);
+            }
+        }
+    }
+    let _ = to_server.shutdown(Shutdown::Both);
+    let _ = from_client.shutdown(Shutdown::Both);
+    let _ = back.join();
+}
+
+#[test]
+fn shipping_through_a_relay_that_delays_cuts_drops_and_duplicates_ends_with_the_same_log_at_hq() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (hq_dir, site_dir) = (tmp.path().join("hq"), tmp.path().join("site"));
+    let replica = replica_token(&hq_dir, SITE);
+    let ingest = create_token(&site_dir, "ingest", Some("loadgen-*"));
+    let site_admin = create_token(&site_dir, "admin", None);
+    let hq_admin = create_token(&hq_dir, "admin", None);
+    let hq = start(&hq_dir, free_addr(), &hq_env());
+    let relay = Relay::start(hq.addr, 7);
+    // Small shipments and short backoff, so that many connections meet a fault.
+    let config = tmp.path().join("site.toml");
+    std::fs::write(&config, "[replication]\nbatch_bytes = 8192\nbackoff_max_ms = 400\npoll_ms = 20\ntimeout_secs = 10\n")
+        .expect("config");
+    let mut env = regional_env(&hq, &replica);
+    env.retain(|(k, _)| k != "VERBATIM_HQ_URL");
+    env.push(("VERBATIM_HQ_URL".into(), format!("http://{}", relay.addr)));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let site = Server::start_args(&site_dir, free_addr(), &[], &env, &["--config", config.to_str().expect("utf-8")]);
+
+    let acks = tmp.path().join("acks.ndjson");
+    let out = Command::new(loadgen())
+        .args(["run", "--url", &format!("http://{}", site.addr), "--token", &ingest, "--clients", "2"])
+        .args(["--batch", "200", "--events", "30000", "--acks"])
+        .arg(&acks)
+        .output()
+        .expect("loadgen");
+    assert!(out.status.success(), "loadgen: {}", stderr(&out));
+    // Let faults go on hitting the catch-up for a while, then heal the network.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while FAULTS.iter().any(|&f| relay.count(f) < 2) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for f in FAULTS {
+        assert!(relay.count(f) >= 2, "{f:?} happened {} times", relay.count(f));
+    }
+    relay.faulty.store(false, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let head = loop {
+        let st = status(&site, &site_admin);
+        let sh = &st["shipping"];
+        let head = st["log"]["head"].as_u64().expect("head");
+        if sh["lag_events"] == 0 && sh["cursor"].as_u64() == Some(head) {
+            break head;
+        }
+        assert!(Instant::now() < deadline, "shipping did not catch up after the faults: {sh}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(head, 30_000);
+    let st = status(&hq, &hq_admin);
+    assert_eq!(st["replicas"][0]["high_water"].as_u64(), Some(head), "{st}");
+    assert_eq!(st["replicas"][0]["forks"], 0, "{st}");
+    let (s, err) = site.stop();
+    assert!(s.success(), "{err}");
+    let (s, err) = hq.stop();
+    assert!(s.success(), "{err}");
+    let site_v = verify(&site_dir);
+    let hq_v = verify(&hq_dir);
+    assert_eq!(site_v[0], hq_v[1], "head and chain of the site vs HQ's replica");
+    let a = dump(&site_dir.join("log"), &tmp.path().join("d1"));
+    let b = dump(&hq_dir.join("replicas").join(SITE), &tmp.path().join("d2"));
+    assert!(a == b, "the replica's records differ from the site's");
+    let faults: Vec<String> = FAULTS.iter().map(|&f| format!("{f:?}={}", relay.count(f))).collect();
+    eprintln!("relay faults: {}", faults.join(" "));
 }

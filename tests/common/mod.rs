@@ -75,6 +75,11 @@ impl Server {
 
     /// [`Server::start_with`] with extra environment variables (`VERBATIM_SITE_ROLE`, …).
     pub fn start_env(data: &Path, addr: SocketAddr, wrapper: &[&str], env: &[(&str, &str)]) -> Server {
+        Self::start_args(data, addr, wrapper, env, &[])
+    }
+
+    /// [`Server::start_env`] with extra arguments after `serve` (`--config FILE`).
+    pub fn start_args(data: &Path, addr: SocketAddr, wrapper: &[&str], env: &[(&str, &str)], args: &[&str]) -> Server {
         let mut cmd = match wrapper.split_first() {
             Some((w, args)) => {
                 let mut c = Command::new(w);
@@ -88,6 +93,7 @@ impl Server {
             .arg("--data-dir")
             .arg(data)
             .arg("serve")
+            .args(args)
             .env("VERBATIM_HTTP_LISTEN", addr.to_string())
             .env("VERBATIM_PG_LISTEN", pg.to_string())
             .envs(env.iter().copied())
