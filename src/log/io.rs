@@ -4,7 +4,7 @@
 //! directory changes that were not synced, and may keep a torn prefix of the
 //! unsynced tail of any file.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
@@ -47,6 +47,19 @@ pub trait Storage: Send + Sync {
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     /// Marks a sealed file read-only.
     fn set_readonly(&self, path: &Path) -> io::Result<()>;
+}
+
+/// Creates `dir` (and its parents) and syncs its parent and grandparent, so
+/// that the directory's entry, and its parent's, survive a power loss as much
+/// as the files in it (a new replica's directory, a data directory made at
+/// first start).
+pub fn create_dir_durable(storage: &dyn Storage, dir: &Path) -> io::Result<()> {
+    storage.create_dir_all(dir)?;
+    for up in dir.ancestors().skip(1).take(2) {
+        let up = if up.as_os_str().is_empty() { Path::new(".") } else { up };
+        storage.sync_dir(up)?;
+    }
+    Ok(())
 }
 
 /// Reads a whole file; for small files (headers, footers are read in place).
@@ -155,6 +168,10 @@ struct MemState {
     names: BTreeMap<PathBuf, u64>,
     /// What survives a crash.
     durable_names: BTreeMap<PathBuf, u64>,
+    /// Directories made by `create_dir_all`, and those whose entry in their
+    /// parent was synced: a crash loses the others, with everything in them.
+    dirs: BTreeSet<PathBuf>,
+    durable_dirs: BTreeSet<PathBuf>,
     inodes: HashMap<u64, Arc<Mutex<Inode>>>,
     next_inode: u64,
     /// Injected failures: the next this-many `sync_data` calls succeed, then one fails.
@@ -264,7 +281,17 @@ impl MemStorage {
     /// directory entries revert to their last synced state.
     pub fn crash(&self, mut torn: impl FnMut(usize) -> usize) {
         let mut st = lock(&self.state);
-        st.names = st.durable_names.clone();
+        let lost: Vec<PathBuf> = st
+            .dirs
+            .iter()
+            .filter(|d| d.ancestors().any(|a| st.dirs.contains(a) && !st.durable_dirs.contains(a)))
+            .cloned()
+            .collect();
+        let in_lost = |p: &Path| p.ancestors().skip(1).any(|a| lost.iter().any(|l| l == a));
+        st.dirs.retain(|d| !lost.contains(d));
+        st.durable_dirs.retain(|d| !lost.contains(d));
+        st.names = st.durable_names.iter().filter(|(p, _)| !in_lost(p)).map(|(p, i)| (p.clone(), *i)).collect();
+        st.durable_names = st.names.clone();
         let live: Vec<u64> = st.names.values().copied().collect();
         st.inodes.retain(|id, _| live.contains(id));
         for inode in st.inodes.values() {
@@ -315,6 +342,8 @@ impl MemStorage {
         let copy = MemState {
             names: st.names.clone(),
             durable_names: st.durable_names.clone(),
+            dirs: st.dirs.clone(),
+            durable_dirs: st.durable_dirs.clone(),
             inodes,
             next_inode: st.next_inode,
             ..Default::default()
@@ -338,18 +367,29 @@ impl MemStorage {
 }
 
 impl Storage for MemStorage {
-    fn create_dir_all(&self, _dir: &Path) -> io::Result<()> {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        let mut st = lock(&self.state);
+        let new: Vec<PathBuf> =
+            dir.ancestors().filter(|a| a.parent().is_some() && !st.dirs.contains(*a)).map(Path::to_path_buf).collect();
+        if !new.is_empty() {
+            st.step()?;
+            st.dirs.extend(new);
+        }
         Ok(())
     }
 
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
         let st = lock(&self.state);
-        Ok(st
+        let mut names: Vec<String> = st
             .names
             .keys()
+            .chain(st.dirs.iter())
             .filter(|p| p.parent() == Some(dir))
             .filter_map(|p| p.file_name()?.to_str().map(str::to_owned))
-            .collect())
+            .collect();
+        names.sort();
+        names.dedup();
+        Ok(names)
     }
 
     fn create(&self, path: &Path) -> io::Result<Box<dyn AppendFile>> {
@@ -402,11 +442,12 @@ impl Storage for MemStorage {
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut st = lock(&self.state);
         st.step()?;
-        let MemState { names, durable_names, .. } = &mut *st;
+        let MemState { names, durable_names, dirs, durable_dirs, .. } = &mut *st;
         durable_names.retain(|p, _| p.parent() != Some(dir));
         for (p, id) in names.iter().filter(|(p, _)| p.parent() == Some(dir)) {
             durable_names.insert(p.clone(), *id);
         }
+        durable_dirs.extend(dirs.iter().filter(|d| d.parent() == Some(dir)).cloned());
         Ok(())
     }
 

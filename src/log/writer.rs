@@ -15,7 +15,7 @@ use verbatim_schema::{encode_record, Offset, Record, UnixNanos};
 
 use super::chain::ChainHash;
 use super::frame::BlockBuilder;
-use super::io::{AppendFile, Storage};
+use super::io::{create_dir_durable, AppendFile, Storage};
 use super::reader::LogReader;
 use super::recovery::open_segments;
 use super::segment::{self, BlockEntry, FileKind, SegmentHeader, HEADER_SIZE};
@@ -79,7 +79,7 @@ impl Log {
     /// Opens (or creates) the log in `dir`, recovering from a crash as
     /// `config.recovery` says, and seals segments a crash left unsealed.
     pub fn open(storage: Arc<dyn Storage>, dir: &Path, config: LogConfig) -> Result<Self, LogError> {
-        storage.create_dir_all(dir).map_err(io_err("create", dir))?;
+        create_dir_durable(&*storage, dir).map_err(io_err("create", dir))?;
         let opened = open_segments(&*storage, dir, &config, true)?;
         let shared = Arc::new(LogShared::default());
         let mut last_received_at = i64::MIN;

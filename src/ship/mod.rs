@@ -17,6 +17,8 @@
 pub mod shipper;
 
 #[cfg(test)]
+mod sim;
+#[cfg(test)]
 mod tests;
 
 use std::collections::BTreeMap;
@@ -29,7 +31,7 @@ use verbatim_schema::{decode_record, Offset, UnixNanos};
 
 use crate::log::io::Storage;
 use crate::log::raw::{parse_blocks, AppendBlocksError, CheckedBlock};
-use crate::log::{ChainHash, Log, LogConfig, LogError};
+use crate::log::{ChainHash, Log, LogConfig, LogError, LogReader};
 
 /// `[replication]`: limits and pacing of log shipping.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,7 +154,8 @@ pub fn valid_site(site: &str) -> bool {
 impl Replicas {
     /// Opens every replica log under `dir` (recovering each like the main log).
     pub fn open(storage: Arc<dyn Storage>, dir: &Path, config: LogConfig) -> anyhow::Result<Arc<Self>> {
-        storage.create_dir_all(dir).map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
+        crate::log::io::create_dir_durable(&*storage, dir)
+            .map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
         let mut sites = BTreeMap::new();
         for name in storage.list(dir).map_err(|e| anyhow::anyhow!("listing {}: {e}", dir.display()))? {
             if !valid_site(&name) {
@@ -218,6 +221,13 @@ impl Replicas {
     }
 
     /// Per-site replication status, for `/v1/status` and `/metrics`.
+    /// A reader of `site`'s replica log, if HQ holds one.
+    pub fn reader(&self, site: &str) -> Option<LogReader> {
+        let r = lock(&self.sites).get(site).cloned()?;
+        let r = lock(&r);
+        Some(r.log.reader())
+    }
+
     pub fn status(&self) -> Vec<SiteStatus> {
         let sites: Vec<(String, Arc<Mutex<Replica>>)> =
             lock(&self.sites).iter().map(|(k, v)| (k.clone(), v.clone())).collect();

@@ -259,22 +259,14 @@ impl Shipper {
             return Err(format!("HQ answered {status} to {url}: {}", error_text(&body)));
         }
         let hw: HighWater = serde_json::from_value(body).map_err(|e| format!("HQ's answer to {url}: {e}"))?;
-        let head = self.reader.head().0;
-        if hw.high_water > head {
-            let why = format!(
-                "fork: HQ holds {} records of site {}, this log only {head} (a site restored from an older copy?)",
-                hw.high_water, self.config.site
-            );
-            lock(&self.progress).fork = Some(why.clone());
-            return Err(why);
+        match resume_point(&self.reader, &hw) {
+            Ok(cursor) => self.persist(cursor)?,
+            Err(Resume::Fork(why)) => {
+                lock(&self.progress).fork = Some(why.clone());
+                return Err(why);
+            }
+            Err(Resume::Failed(why)) => return Err(why),
         }
-        let mine = self.reader.chain_at(Offset(hw.high_water)).map_err(|e| e.to_string())?.to_hex();
-        if mine != hw.chain {
-            let why = format!("fork: HQ's chain at offset {} is {}, this log's is {mine}", hw.high_water, hw.chain);
-            lock(&self.progress).fork = Some(why.clone());
-            return Err(why);
-        }
-        self.persist(hw.high_water)?;
         let mut p = lock(&self.progress);
         p.fork = None;
         p.synced = true;
@@ -286,18 +278,10 @@ impl Shipper {
     fn ship(&self, agent: &ureq::Agent, url: &str, auth: &str) -> Result<bool, String> {
         let cursor = lock(&self.progress).cursor;
         let head = self.reader.head().0;
-        if cursor >= head {
+        let Some((body, end)) = shipment(&self.reader, cursor, self.config.replication.batch_bytes, self.config.level)?
+        else {
             return Ok(false);
-        }
-        let blocks = self
-            .reader
-            .raw_blocks(Offset(cursor), self.config.replication.batch_bytes, self.config.level)
-            .map_err(|e| format!("reading the log at {cursor}: {e}"))?;
-        let end = blocks.last().map_or(cursor, |b| b.header.end_offset().0);
-        let mut body = Vec::with_capacity(blocks.iter().map(|b| b.bytes.len()).sum());
-        for b in &blocks {
-            body.extend_from_slice(&b.bytes);
-        }
+        };
         let resp = agent
             .post(url)
             .header("Authorization", auth)
@@ -330,6 +314,58 @@ impl Shipper {
         lock(&self.progress).cursor = cursor;
         Ok(())
     }
+}
+
+/// Why shipping cannot resume where HQ stands.
+#[derive(Debug)]
+pub(crate) enum Resume {
+    /// HQ holds a history this log does not have.
+    Fork(String),
+    /// This log could not be read.
+    Failed(String),
+}
+
+/// Where shipping resumes, given where HQ stands: HQ's high water, once this
+/// log holds that many records and its chain there is HQ's.
+pub(crate) fn resume_point(reader: &LogReader, hw: &HighWater) -> Result<u64, Resume> {
+    let head = reader.head().0;
+    if hw.high_water > head {
+        return Err(Resume::Fork(format!(
+            "fork: HQ holds {} records of site {}, this log only {head} (a site restored from an older copy?)",
+            hw.high_water, hw.site
+        )));
+    }
+    let mine = reader.chain_at(Offset(hw.high_water)).map_err(|e| Resume::Failed(e.to_string()))?.to_hex();
+    if mine != hw.chain {
+        return Err(Resume::Fork(format!(
+            "fork: HQ's chain at offset {} is {}, this log's is {mine}",
+            hw.high_water, hw.chain
+        )));
+    }
+    Ok(hw.high_water)
+}
+
+/// The next shipment from `cursor`: the body (blocks back to back, about
+/// `batch_bytes`, one block at least) and the offset after its last record;
+/// None when there is nothing durable past `cursor`.
+pub(crate) fn shipment(
+    reader: &LogReader,
+    cursor: u64,
+    batch_bytes: usize,
+    level: i32,
+) -> Result<Option<(Vec<u8>, u64)>, String> {
+    if cursor >= reader.head().0 {
+        return Ok(None);
+    }
+    let blocks = reader
+        .raw_blocks(Offset(cursor), batch_bytes, level)
+        .map_err(|e| format!("reading the log at {cursor}: {e}"))?;
+    let end = blocks.last().map_or(cursor, |b| b.header.end_offset().0);
+    let mut body = Vec::with_capacity(blocks.iter().map(|b| b.bytes.len()).sum());
+    for b in &blocks {
+        body.extend_from_slice(&b.bytes);
+    }
+    Ok(Some((body, end)))
 }
 
 /// Status and JSON body of an answer (a body that is not JSON becomes a string).
