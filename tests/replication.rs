@@ -419,8 +419,11 @@ fn shipping_through_a_relay_that_delays_cuts_drops_and_duplicates_ends_with_the_
     let relay = Relay::start(hq.addr, 7);
     // Small shipments and short backoff, so that many connections meet a fault.
     let config = tmp.path().join("site.toml");
-    std::fs::write(&config, "[replication]\nbatch_bytes = 8192\nbackoff_max_ms = 400\npoll_ms = 20\ntimeout_secs = 10\n")
-        .expect("config");
+    std::fs::write(
+        &config,
+        "[replication]\nbatch_bytes = 8192\nbackoff_max_ms = 400\npoll_ms = 20\ntimeout_secs = 10\n",
+    )
+    .expect("config");
     let mut env = regional_env(&hq, &replica);
     env.retain(|(k, _)| k != "VERBATIM_HQ_URL");
     env.push(("VERBATIM_HQ_URL".into(), format!("http://{}", relay.addr)));
