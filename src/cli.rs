@@ -157,6 +157,9 @@ pub enum Command {
         /// Server URL (default: http:// and the configured `http.listen`).
         #[arg(long)]
         url: Option<String>,
+        /// PEM CA certificate the server's HTTPS certificate must chain to.
+        #[arg(long, env = "VERBATIM_CA", value_name = "FILE")]
+        ca: Option<PathBuf>,
         #[arg(long, env = "VERBATIM_TOKEN", hide_env_values = true)]
         token: Option<String>,
         #[arg(long)]
@@ -179,9 +182,14 @@ pub enum Command {
 /// How a client command reaches the server.
 #[derive(Debug, clap::Args)]
 pub struct ClientArgs {
-    /// Server URL (default: http:// and the configured `http.listen`).
+    /// Server URL (default: http:// and the configured `http.listen`, or
+    /// https:// when `http.tls_cert` is set).
     #[arg(long)]
     pub url: Option<String>,
+    /// PEM CA certificate that the server's HTTPS certificate must chain to
+    /// (default: the public web PKI roots).
+    #[arg(long, env = "VERBATIM_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
     /// Auditor token.
     #[arg(long, env = "VERBATIM_TOKEN", hide_env_values = true)]
     pub token: String,
@@ -330,12 +338,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             measured,
             retention_days,
             url,
+            ca,
             token,
             json,
         } => {
             if measured {
                 let token = token.context("--measured needs a token (--token or VERBATIM_TOKEN)")?;
-                let client = ClientArgs { url, token, json };
+                let client = ClientArgs { url, ca, token, json };
                 let mut q = vec![("compression", compression.to_string())];
                 q.extend(retention_days.map(|r| ("retention_days", r.to_string())));
                 let answer = get_json(&config, &client, "/v1/capacity", &q)?;
@@ -435,7 +444,8 @@ fn compare_hq(config: &Config, log_dir: &Path) -> anyhow::Result<ExitCode> {
         anyhow::bail!("compare-hq needs site.hq_url and site.hq_token (a regional site's config)");
     };
     let url = format!("{}/v1/replication/{}", url.trim_end_matches('/'), config.site.id);
-    let resp = agent(60).get(&url).header("Authorization", &format!("Bearer {token}")).call();
+    let resp =
+        agent(60, config.site.hq_ca.as_deref())?.get(&url).header("Authorization", &format!("Bearer {token}")).call();
     let hw: crate::ship::HighWater = serde_json::from_str(&answer_text(&url, resp)?).context("HQ's answer")?;
     let reader = crate::log::open_read_only(&FsStorage, log_dir, &config.log_config())?;
     let head = reader.head().0;
@@ -529,15 +539,14 @@ fn stats(config: &Config, dir: &Path, json: bool) -> anyhow::Result<()> {
 }
 
 fn base_url(config: &Config, client: &ClientArgs) -> String {
-    client.url.clone().unwrap_or_else(|| format!("http://{}", config.http.listen)).trim_end_matches('/').to_string()
+    let scheme = if config.http.tls_cert.is_some() { "https" } else { "http" };
+    client.url.clone().unwrap_or_else(|| format!("{scheme}://{}", config.http.listen)).trim_end_matches('/').to_string()
 }
 
-fn agent(timeout_secs: u64) -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(std::time::Duration::from_secs(timeout_secs)))
-        .build()
-        .into()
+/// The HTTP client; HTTPS trusts exactly the certificates in `ca` if given.
+fn agent(timeout_secs: u64, ca: Option<&Path>) -> anyhow::Result<ureq::Agent> {
+    let certs = ca.map(crate::tls::ca_certs).transpose()?;
+    Ok(crate::tls::agent(std::time::Duration::from_secs(timeout_secs), certs))
 }
 
 /// The answer's text if the status is 200; the server's error otherwise.
@@ -561,7 +570,9 @@ fn get_json(
     query: &[(&str, String)],
 ) -> anyhow::Result<serde_json::Value> {
     let base = base_url(config, client);
-    let mut req = agent(60).get(&format!("{base}{path}")).header("Authorization", &format!("Bearer {}", client.token));
+    let mut req = agent(60, client.ca.as_deref())?
+        .get(&format!("{base}{path}"))
+        .header("Authorization", &format!("Bearer {}", client.token));
     for (k, v) in query {
         req = req.query(*k, v);
     }
@@ -582,7 +593,7 @@ fn fetch(
     let base = base_url(config, client);
     let url = format!("{base}{path}");
     let auth = format!("Bearer {}", client.token);
-    let agent = agent(config.sql.timeout_ms / 1000 + 60);
+    let agent = agent(config.sql.timeout_ms / 1000 + 60, client.ca.as_deref())?;
     let resp = match body {
         Some(b) => {
             let mut req = agent.post(&url).header("Authorization", &auth).header("Accept", accept);

@@ -63,6 +63,10 @@ impl Default for IngestConfig {
 pub struct HttpConfig {
     /// Address of the HTTP API (`VERBATIM_HTTP_LISTEN`); loopback by default.
     pub listen: SocketAddr,
+    /// Serve HTTPS with this PEM certificate chain (`VERBATIM_TLS_CERT`)...
+    pub tls_cert: Option<PathBuf>,
+    /// ...and this PEM private key (`VERBATIM_TLS_KEY`); both or neither.
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,6 +81,10 @@ pub struct SiteConfig {
     pub hq_url: Option<String>,
     /// For `regional`: a replica token HQ issued for this site (`VERBATIM_HQ_TOKEN`).
     pub hq_token: Option<String>,
+    /// For `regional` with an `https://` hq_url: the PEM CA certificate(s) that
+    /// HQ's certificate must chain to (`VERBATIM_HQ_CA`); without it, the
+    /// public web PKI roots.
+    pub hq_ca: Option<PathBuf>,
 }
 
 /// What a server is in a replication topology.
@@ -123,13 +131,13 @@ impl Default for Config {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 8090)) }
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 8090)), tls_cert: None, tls_key: None }
     }
 }
 
 impl Default for SiteConfig {
     fn default() -> Self {
-        Self { id: "local".into(), role: SiteRole::Standalone, hq_url: None, hq_token: None }
+        Self { id: "local".into(), role: SiteRole::Standalone, hq_url: None, hq_token: None, hq_ca: None }
     }
 }
 
@@ -167,6 +175,15 @@ impl Config {
         if let Some(v) = env("VERBATIM_HQ_TOKEN") {
             config.site.hq_token = Some(v);
         }
+        if let Some(v) = env("VERBATIM_HQ_CA") {
+            config.site.hq_ca = Some(PathBuf::from(v));
+        }
+        if let Some(v) = env("VERBATIM_TLS_CERT") {
+            config.http.tls_cert = Some(PathBuf::from(v));
+        }
+        if let Some(v) = env("VERBATIM_TLS_KEY") {
+            config.http.tls_key = Some(PathBuf::from(v));
+        }
         config.check()?;
         Ok(config)
     }
@@ -187,8 +204,12 @@ impl Config {
             SiteRole::Regional => {
                 let url = self.site.hq_url.as_deref().unwrap_or_default();
                 anyhow::ensure!(
-                    url.starts_with("http://"),
-                    "a regional site needs site.hq_url, HQ's http://host:port (this build ships over plain HTTP)"
+                    url.starts_with("http://") || url.starts_with("https://"),
+                    "a regional site needs site.hq_url, HQ's https://host:port (or http:// on a trusted network)"
+                );
+                anyhow::ensure!(
+                    self.site.hq_ca.is_none() || url.starts_with("https://"),
+                    "site.hq_ca is for an https:// site.hq_url"
                 );
                 anyhow::ensure!(
                     self.site.hq_token.is_some(),
@@ -196,10 +217,14 @@ impl Config {
                 );
             }
             _ => anyhow::ensure!(
-                self.site.hq_url.is_none() && self.site.hq_token.is_none(),
-                "site.hq_url and site.hq_token apply to a regional site only"
+                self.site.hq_url.is_none() && self.site.hq_token.is_none() && self.site.hq_ca.is_none(),
+                "site.hq_url, site.hq_token and site.hq_ca apply to a regional site only"
             ),
         }
+        anyhow::ensure!(
+            self.http.tls_cert.is_some() == self.http.tls_key.is_some(),
+            "http.tls_cert and http.tls_key go together"
+        );
         self.replication.check()?;
         let l = &self.log;
         anyhow::ensure!((0..=22).contains(&l.compression_level), "log.compression_level must be 0-22");

@@ -20,3 +20,4 @@ pub mod ship;
 pub mod sizing;
 pub mod sql;
 pub mod state;
+pub mod tls;

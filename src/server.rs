@@ -39,6 +39,11 @@ pub fn ensure_admin_token(data: &DataDir, tokens: &TokenStore) -> anyhow::Result
 
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let data = config.data();
+    // A bad certificate or key stops the start before anything is opened.
+    let tls = match (&config.http.tls_cert, &config.http.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key)?),
+        _ => None,
+    };
     let _lock = data.lock()?;
     let tokens = Arc::new(TokenStore::new(&data));
     if let Some(path) = ensure_admin_token(&data, &tokens)? {
@@ -98,6 +103,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
                 replication: config.replication.clone(),
                 level: config.log.sealed_compression_level,
                 cursor_file: data.shipping_cursor(),
+                ca: config.site.hq_ca.clone(),
             },
         )?),
         _ => None,
@@ -123,8 +129,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("binding {}", config.http.listen))?;
-    info!(listen = %listener.local_addr()?, data_dir = %data.root().display(), site = %config.site.id, "verbatim serving");
-    axum::serve(listener, router(app.clone())).with_graceful_shutdown(shutdown_signal()).await?;
+    info!(listen = %listener.local_addr()?, tls = tls.is_some(), data_dir = %data.root().display(), site = %config.site.id, "verbatim serving");
+    match tls {
+        Some(tls) => {
+            let listener = crate::tls::TlsListener::new(listener, tls)?;
+            axum::serve(listener, router(app.clone())).with_graceful_shutdown(shutdown_signal()).await?
+        }
+        None => axum::serve(listener, router(app.clone())).with_graceful_shutdown(shutdown_signal()).await?,
+    }
     info!("shutting down: writing queued batches and sealing the log");
     if let Some(pg) = pg {
         pg.abort();

@@ -475,3 +475,105 @@ fn shipping_through_a_relay_that_delays_cuts_drops_and_duplicates_ends_with_the_
     let faults: Vec<String> = FAULTS.iter().map(|&f| format!("{f:?}={}", relay.count(f))).collect();
     eprintln!("relay faults: {}", faults.join(" "));
 }
+
+/// A private CA and a server certificate it signed for 127.0.0.1 and
+/// localhost, as PEM files in `dir`: (ca, cert, key).
+fn private_ca(dir: &Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, format!("{name} private CA"));
+    let ca_key = KeyPair::generate().expect("ca key");
+    let ca_cert = ca.self_signed(&ca_key).expect("ca cert");
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).expect("leaf params");
+    let key = KeyPair::generate().expect("key");
+    let cert = leaf.signed_by(&key, &ca_cert, &ca_key).expect("leaf cert");
+    std::fs::create_dir_all(dir).expect("dir");
+    let paths =
+        (dir.join(format!("{name}-ca.pem")), dir.join(format!("{name}-cert.pem")), dir.join(format!("{name}-key.pem")));
+    std::fs::write(&paths.0, ca_cert.pem()).expect("write");
+    std::fs::write(&paths.1, cert.pem()).expect("write");
+    std::fs::write(&paths.2, key.serialize_pem()).expect("write");
+    paths
+}
+
+#[test]
+fn over_https_a_site_ships_to_an_hq_whose_certificate_chains_to_the_configured_ca_and_to_no_other() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (hq_dir, site_dir, lon_dir) = (tmp.path().join("hq"), tmp.path().join("site"), tmp.path().join("lon"));
+    let (ca, cert, key) = private_ca(&tmp.path().join("pki"), "hq");
+    let (other_ca, _, _) = private_ca(&tmp.path().join("pki"), "other");
+    let nyc_token = replica_token(&hq_dir, SITE);
+    let lon_token = replica_token(&hq_dir, "lon");
+    let ingest = create_token(&site_dir, "ingest", Some("loadgen-*"));
+    let site_admin = create_token(&site_dir, "admin", None);
+    let lon_admin = create_token(&lon_dir, "admin", None);
+    let hq_addr = free_addr();
+    let (cert_s, key_s) = (cert.to_str().expect("utf-8"), key.to_str().expect("utf-8"));
+    let hq = Server::start_listening(
+        &hq_dir,
+        hq_addr,
+        &[
+            ("VERBATIM_SITE_ROLE", "hq"),
+            ("VERBATIM_LOG", "error"),
+            ("VERBATIM_TLS_CERT", cert_s),
+            ("VERBATIM_TLS_KEY", key_s),
+        ],
+    );
+    let https = format!("https://127.0.0.1:{}", hq_addr.port());
+    let regional = |site: &str, token: &str, ca: &Path| -> Vec<(String, String)> {
+        vec![
+            ("VERBATIM_SITE_ID".into(), site.into()),
+            ("VERBATIM_SITE_ROLE".into(), "regional".into()),
+            ("VERBATIM_HQ_URL".into(), https.clone()),
+            ("VERBATIM_HQ_TOKEN".into(), token.into()),
+            ("VERBATIM_HQ_CA".into(), ca.to_str().expect("utf-8").into()),
+            ("VERBATIM_LOG".into(), "error".into()),
+        ]
+    };
+    let nyc_env = regional(SITE, &nyc_token, &ca);
+    let site = start(&site_dir, free_addr(), &nyc_env);
+    // A site that trusts another CA refuses HQ's certificate and ships nothing.
+    let lon = start(&lon_dir, free_addr(), &regional("lon", &lon_token, &other_ca));
+
+    let out = Command::new(loadgen())
+        .args(["run", "--url", &format!("http://{}", site.addr), "--token", &ingest, "--events", "3000"])
+        .output()
+        .expect("loadgen");
+    assert!(out.status.success(), "loadgen: {}", stderr(&out));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let st = status(&site, &site_admin);
+        let sh = &st["shipping"];
+        if sh["lag_events"] == 0 && sh["cursor"] == 3000 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "shipping over HTTPS did not catch up: {sh}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let lon_status = status(&lon, &lon_admin);
+    let err = lon_status["shipping"]["last_error"].as_str().unwrap_or("").to_lowercase();
+    assert!(err.contains("certificate") || err.contains("issuer"), "{lon_status}");
+    assert_eq!(lon_status["shipping"]["connected"], false, "{lon_status}");
+
+    // compare-hq speaks HTTPS with the same CA.
+    let mut cmp = Command::new(bin());
+    cmp.arg("--data-dir").arg(&site_dir).arg("compare-hq");
+    for (k, v) in &nyc_env {
+        cmp.env(k, v);
+    }
+    let out = cmp.output().expect("compare-hq");
+    assert!(out.status.success(), "compare-hq: {}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("same chain at offset 3000"), "{}", stdout(&out));
+    // Plain HTTP to the HTTPS port gets no answer.
+    assert!(!matches!(hq.get("/healthz"), Ok((200, _))));
+
+    for s in [site, lon, hq] {
+        let (st, err) = s.stop();
+        assert!(st.success(), "{err}");
+    }
+    let a = dump(&site_dir.join("log"), &tmp.path().join("d1"));
+    let b = dump(&hq_dir.join("replicas").join(SITE), &tmp.path().join("d2"));
+    assert!(a == b, "the replica's records differ from the site's");
+    assert!(!hq_dir.join("replicas").join("lon").exists(), "nothing of lon reached HQ");
+}

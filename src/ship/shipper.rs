@@ -35,6 +35,8 @@ pub struct ShipperConfig {
     pub level: i32,
     /// `<data>/shipping.json`.
     pub cursor_file: PathBuf,
+    /// PEM CA certificates HQ's HTTPS certificate must chain to.
+    pub ca: Option<PathBuf>,
 }
 
 /// The cursor as persisted.
@@ -66,6 +68,8 @@ pub struct Shipper {
     progress: Arc<Mutex<Progress>>,
     stop: Arc<AtomicBool>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// The CA certificates of `config.ca`, read once at start.
+    ca: Option<Vec<ureq::tls::Certificate<'static>>>,
 }
 
 impl std::fmt::Debug for Shipper {
@@ -108,7 +112,9 @@ impl Shipper {
             Err(e) => anyhow::bail!("reading {}: {e}", config.cursor_file.display()),
         };
         let cursor = if saved.hq_url == config.hq_url && saved.site == config.site { saved.cursor } else { 0 };
+        let ca = config.ca.as_deref().map(crate::tls::ca_certs).transpose()?;
         let shipper = Arc::new(Self {
+            ca,
             config,
             reader,
             progress: Arc::new(Mutex::new(Progress { cursor, ..Progress::default() })),
@@ -195,11 +201,7 @@ impl Shipper {
 
     fn run(&self) {
         let r = &self.config.replication;
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(r.timeout_secs)))
-            .build()
-            .into();
+        let agent = crate::tls::agent(Duration::from_secs(r.timeout_secs), self.ca.clone());
         let base = self.config.hq_url.trim_end_matches('/');
         let state_url = format!("{base}/v1/replication/{}", self.config.site);
         let blocks_url = format!("{state_url}/blocks");

@@ -80,6 +80,32 @@ impl Server {
 
     /// [`Server::start_env`] with extra arguments after `serve` (`--config FILE`).
     pub fn start_args(data: &Path, addr: SocketAddr, wrapper: &[&str], env: &[(&str, &str)], args: &[&str]) -> Server {
+        let server = Self::spawn(data, addr, wrapper, env, args);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok((200, _)) = server.get("/healthz") {
+                return server;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("server did not become healthy on {addr}");
+    }
+
+    /// Starts a server that speaks HTTPS (this helper's requests are plain
+    /// HTTP): ready once its port accepts connections.
+    pub fn start_listening(data: &Path, addr: SocketAddr, env: &[(&str, &str)]) -> Server {
+        let server = Self::spawn(data, addr, &[], env, &[]);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if TcpStream::connect(addr).is_ok() {
+                return server;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("server did not listen on {addr}");
+    }
+
+    fn spawn(data: &Path, addr: SocketAddr, wrapper: &[&str], env: &[(&str, &str)], args: &[&str]) -> Server {
         let mut cmd = match wrapper.split_first() {
             Some((w, args)) => {
                 let mut c = Command::new(w);
@@ -101,15 +127,7 @@ impl Server {
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting verbatim serve");
-        let server = Server { child, addr, pg, data: data.to_owned() };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok((200, _)) = server.get("/healthz") {
-                return server;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("server did not become healthy on {addr}");
+        Server { child, addr, pg, data: data.to_owned() }
     }
 
     /// A plain HTTP/1.1 GET: (status, body).
