@@ -133,8 +133,22 @@ fn source_more(log: &mut Log, from: u64, n: u64) -> u64 {
     n
 }
 
-fn unchanged(hq: &Replicas, before: u64) {
+/// Bytes of every file of the site's replica log, as stored.
+fn replica_bytes(storage: &MemStorage) -> u64 {
+    use crate::log::io::Storage;
+    let dir = Path::new("/hq/replicas").join(SITE);
+    storage
+        .list(&dir)
+        .expect("list")
+        .iter()
+        .map(|n| storage.open_read(&dir.join(n)).expect("open").len().expect("len"))
+        .sum()
+}
+
+/// HQ holds what it held: the same high water and not one byte more on disk.
+fn unchanged(hq: &Replicas, storage: &MemStorage, before: u64, bytes: u64) {
     assert_eq!(hq.high_water(SITE).expect("hw").high_water, before, "nothing applied");
+    assert_eq!(replica_bytes(storage), bytes, "0 bytes written");
 }
 
 #[test]
@@ -143,9 +157,11 @@ fn corrupted_reordered_duplicated_gapped_forked_and_foreign_shipments_apply_noth
     let log = source(&s, SITE, 60, 10, 0);
     let blocks = all_blocks(&log.reader());
     assert_eq!(blocks.len(), 6);
-    let (_, hq) = hq();
+    let (storage, hq) = hq();
     hq.receive(SITE, &body(&blocks[..2]), None).expect("first two");
-    unchanged(&hq, 20);
+    let held = replica_bytes(&storage);
+    assert!(held > 0);
+    let unchanged = |hq: &Replicas| unchanged(hq, &storage, 20, held);
 
     // A flipped payload byte: the CRC catches it.
     let mut bad = blocks[2].clone();
@@ -153,28 +169,28 @@ fn corrupted_reordered_duplicated_gapped_forked_and_foreign_shipments_apply_noth
     bad.bytes[last] ^= 1;
     let e = hq.receive(SITE, &body(&[bad, blocks[3].clone()]), None).expect_err("corrupt");
     assert!(matches!(e, ReceiveError::Corrupt { block: 0, .. }), "{e}");
-    unchanged(&hq, 20);
+    unchanged(&hq);
 
     // Cut short.
     let b = body(&blocks[2..4]);
     let e = hq.receive(SITE, &b[..b.len() - 3], None).expect_err("short");
     assert!(matches!(e, ReceiveError::Corrupt { block: 1, .. }), "{e}");
-    unchanged(&hq, 20);
+    unchanged(&hq);
 
     // Reordered: the first block of the shipment is past the high-water mark.
     let e = hq.receive(SITE, &body(&[blocks[3].clone(), blocks[2].clone()]), None).expect_err("reordered");
     assert!(matches!(e, ReceiveError::Gap { block: 0, need: 20, .. }), "{e}");
-    unchanged(&hq, 20);
+    unchanged(&hq);
 
     // A gap inside a shipment: good block, then one that skips.
     let e = hq.receive(SITE, &body(&[blocks[2].clone(), blocks[4].clone()]), None).expect_err("gap");
     assert!(matches!(e, ReceiveError::Gap { block: 1, need: 30, .. }), "{e}");
-    unchanged(&hq, 20);
+    unchanged(&hq);
 
     // The same new block twice in one shipment.
     let e = hq.receive(SITE, &body(&[blocks[2].clone(), blocks[2].clone()]), None).expect_err("dup");
     assert!(matches!(e, ReceiveError::Corrupt { block: 1, .. }), "{e}");
-    unchanged(&hq, 20);
+    unchanged(&hq);
 
     // Another history of the same site: different bytes at offsets HQ holds...
     let other = MemStorage::new();
@@ -185,14 +201,14 @@ fn corrupted_reordered_duplicated_gapped_forked_and_foreign_shipments_apply_noth
     // ...and a next block that does not continue HQ's chain.
     let e = hq.receive(SITE, &body(&fblocks[2..3]), None).expect_err("fork chain");
     assert!(matches!(e, ReceiveError::Fork { offset: 20, .. }), "{e}");
-    unchanged(&hq, 20);
+    unchanged(&hq);
 
     // Records of another site under this site's name.
     let foreign = MemStorage::new();
     let lon = source(&foreign, "lon", 30, 10, 0);
     let e = hq.receive(SITE, &body(&all_blocks(&lon.reader())[2..3]), None).expect_err("foreign");
     assert!(matches!(e, ReceiveError::Corrupt { .. }), "{e}");
-    unchanged(&hq, 20);
+    unchanged(&hq);
 
     // The right blocks still go through afterwards.
     let (_, hw) = hq.receive(SITE, &body(&blocks[2..]), None).expect("rest");
@@ -203,8 +219,9 @@ fn corrupted_reordered_duplicated_gapped_forked_and_foreign_shipments_apply_noth
 fn a_block_straddling_the_high_water_mark_is_answered_with_the_offset_needed() {
     let s = MemStorage::new();
     let mut log = source(&s, SITE, 40, 4, 0);
-    let (_, hq) = hq();
+    let (storage, hq) = hq();
     hq.receive(SITE, &body(&log.reader().raw_blocks(Offset(0), 1, 3).expect("b")), None).expect("first");
+    let held = replica_bytes(&storage);
     log.roll().expect("roll");
     log.seal_pending().expect("seal");
     // A shipper that ignored the mark would send the sealed block from 0.
@@ -212,5 +229,5 @@ fn a_block_straddling_the_high_water_mark_is_answered_with_the_offset_needed() {
     assert!(sealed[0].header.end_offset().0 > 4);
     let e = hq.receive(SITE, &body(&sealed), None).expect_err("straddle");
     assert!(matches!(e, ReceiveError::Gap { need: 4, .. }), "{e}");
-    unchanged(&hq, 4);
+    unchanged(&hq, &storage, 4, held);
 }
