@@ -138,6 +138,7 @@ pub struct Metrics {
 }
 
 type SiteGauge = Family<Vec<(String, String)>, Gauge>;
+type SiteGaugeF64 = Family<Vec<(String, String)>, Gauge<f64, AtomicU64>>;
 
 /// Log shipping: the regional shipper's figures and HQ's per-site ones,
 /// refreshed whenever `/metrics` or `/v1/status` is read.
@@ -151,6 +152,8 @@ pub struct ReplicationMetrics {
     pub shipping_shipped_events: Gauge,
     pub replica_high_water: SiteGauge,
     pub replica_lag_events: SiteGauge,
+    pub replica_lag_bytes: SiteGauge,
+    pub replica_lag_seconds: SiteGaugeF64,
     pub replica_forks: SiteGauge,
 }
 
@@ -169,6 +172,8 @@ impl ReplicationMetrics {
             let l = vec![("site".to_string(), s.site.clone())];
             self.replica_high_water.get_or_create(&l).set(s.high_water as i64);
             self.replica_lag_events.get_or_create(&l).set(s.lag_events.unwrap_or(0) as i64);
+            self.replica_lag_bytes.get_or_create(&l).set(s.lag_bytes.unwrap_or(0) as i64);
+            self.replica_lag_seconds.get_or_create(&l).set(s.lag_seconds.unwrap_or(0.0));
             self.replica_forks.get_or_create(&l).set(s.forks as i64);
         }
     }
@@ -290,6 +295,16 @@ impl Metrics {
             "replica_lag_events",
             "HQ: records the site reported that HQ does not hold yet",
             p.replica_lag_events.clone(),
+        );
+        r.register(
+            "replica_lag_bytes",
+            "HQ: stored bytes the site reported it still has to ship",
+            p.replica_lag_bytes.clone(),
+        );
+        r.register(
+            "replica_lag_seconds",
+            "HQ: while records are missing, seconds since the newest record held was received at the site",
+            p.replica_lag_seconds.clone(),
         );
         r.register("replica_forks", "HQ: shipments refused as forks since start, per site", p.replica_forks.clone());
         let mut out = String::new();

@@ -158,9 +158,14 @@ fn a_site_ships_100k_events_to_hq_through_kills_of_either_side_and_hq_holds_the_
     assert_eq!(replicas[0]["site"], SITE);
     assert_eq!(replicas[0]["high_water"].as_u64(), Some(head));
     assert_eq!(replicas[0]["forks"], 0);
+    assert_eq!(replicas[0]["site_head"].as_u64(), Some(head), "{hq_status}");
+    assert_eq!(replicas[0]["lag_events"], 0, "{hq_status}");
+    assert_eq!(replicas[0]["lag_bytes"], 0, "{hq_status}");
+    assert_eq!(replicas[0]["lag_seconds"], 0.0, "{hq_status}");
     let (code, metrics) = hq.get_with("/metrics", &hq_admin).expect("metrics");
     assert_eq!(code, 200);
     assert!(metrics.contains(&format!("verbatim_replica_high_water{{site=\"{SITE}\"}} {head}")), "{metrics}");
+    assert!(metrics.contains(&format!("verbatim_replica_lag_bytes{{site=\"{SITE}\"}} 0")), "{metrics}");
 
     // compare-hq: the same chain at HQ's high-water mark.
     let mut cmp = Command::new(bin());

@@ -17,7 +17,7 @@ use super::error::ApiError;
 use super::AppState;
 use crate::audit::AuditEntry;
 use crate::auth::{Principal, Role};
-use crate::ship::{valid_site, HighWater, ReceiveError, Replicas};
+use crate::ship::{valid_site, HighWater, ReceiveError, Replicas, SiteReport};
 
 fn replicas(s: &AppState) -> Result<Arc<Replicas>, ApiError> {
     s.replicas.clone().ok_or_else(|| {
@@ -73,18 +73,19 @@ pub async fn post_blocks(
         return Err(too_large());
     }
     let body = axum::body::to_bytes(body, max).await.map_err(|_| too_large())?;
-    let site_head = match headers.get("x-verbatim-site-head") {
-        None => None,
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(|v| v.parse::<u64>().ok())
-                .ok_or_else(|| ApiError::bad_request("X-Verbatim-Site-Head must be an offset"))?,
-        ),
+    let number = |name: &str| match headers.get(name) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(Some)
+            .ok_or_else(|| ApiError::bad_request(format!("{name} must be a whole number"))),
     };
+    let report = SiteReport { head: number("x-verbatim-site-head")?, lag_bytes: number("x-verbatim-site-lag-bytes")? };
     let r = replicas.clone();
     let st = site.clone();
-    let result = tokio::task::spawn_blocking(move || r.receive(&st, &body, site_head)).await.map_err(task_failed)?;
+    let result = tokio::task::spawn_blocking(move || r.receive(&st, &body, report)).await.map_err(task_failed)?;
     match result {
         Ok((received, hw)) => Ok(Json(json!({
             "site": hw.site,

@@ -122,6 +122,7 @@ struct Replica {
     log: Log,
     /// The site's log head as its shipper last reported it.
     site_head: Option<u64>,
+    site_lag_bytes: Option<u64>,
     last_shipment: Option<UnixNanos>,
     last_received_at: Option<UnixNanos>,
     forks: u64,
@@ -193,21 +194,21 @@ impl Replicas {
     }
 
     /// Checks and applies one shipment of back-to-back blocks for `site`
-    /// (`site_head`: the site's log head as its shipper reports it).
-    pub fn receive(
-        &self,
-        site: &str,
-        body: &[u8],
-        site_head: Option<u64>,
-    ) -> Result<(Received, HighWater), ReceiveError> {
+    /// (`report`: where the site stands, as its shipper says).
+    pub fn receive(&self, site: &str, body: &[u8], report: SiteReport) -> Result<(Received, HighWater), ReceiveError> {
         let blocks = parse_blocks(body).map_err(|(block, what)| ReceiveError::Corrupt { block, what })?;
         let replica = self.replica(site)?;
         let mut r = lock(&replica);
-        if site_head.is_some() {
-            r.site_head = site_head;
+        if report.head.is_some() {
+            r.site_head = report.head;
         }
         r.last_shipment = Some(UnixNanos::now());
-        match r.apply(site, &blocks) {
+        let outcome = r.apply(site, &blocks);
+        if let Some(lag) = report.lag_bytes {
+            let applied = if outcome.is_ok() { body.len() as u64 } else { 0 };
+            r.site_lag_bytes = Some(lag.saturating_sub(applied));
+        }
+        match outcome {
             Ok(received) => Ok((received, r.high_water(site))),
             Err(e) => {
                 if let ReceiveError::Fork { .. } = &e {
@@ -237,11 +238,24 @@ impl Replicas {
             .map(|(site, r)| {
                 let r = lock(&r);
                 let hw = r.log.head().0;
+                let reader = r.log.reader();
+                let lag_events = r.site_head.map(|h| h.saturating_sub(hw));
+                // The first missing record was received after the newest held,
+                // so this age bounds the oldest missing record's from above.
+                let newest_held =
+                    hw.checked_sub(1).and_then(|o| reader.get(Offset(o)).ok()).map(|rec| rec.received_at.0);
+                let lag_seconds = match (lag_events, newest_held) {
+                    (Some(0), _) => Some(0.0),
+                    (Some(_), Some(t)) => Some((now - t).max(0) as f64 / 1e9),
+                    _ => None,
+                };
                 SiteStatus {
                     high_water: hw,
-                    chain: r.log.reader().chain_at(Offset(hw)).map(|c| c.to_hex()).unwrap_or_default(),
+                    chain: reader.chain_at(Offset(hw)).map(|c| c.to_hex()).unwrap_or_default(),
                     site_head: r.site_head,
-                    lag_events: r.site_head.map(|h| h.saturating_sub(hw)),
+                    lag_events,
+                    lag_bytes: if lag_events == Some(0) { Some(0) } else { r.site_lag_bytes },
+                    lag_seconds,
                     seconds_since_shipment: r.last_shipment.map(|t| (now - t.0).max(0) as f64 / 1e9),
                     newest_received_at: r.last_received_at.map(|t| t.0),
                     forks: r.forks,
@@ -266,6 +280,16 @@ impl Replicas {
     }
 }
 
+/// Where a site stands, as its shipper reports with each shipment
+/// (`X-Verbatim-Site-Head`, `X-Verbatim-Site-Lag-Bytes`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SiteReport {
+    /// The site's log head.
+    pub head: Option<u64>,
+    /// Stored bytes from HQ's high water to the site's head, before this shipment.
+    pub lag_bytes: Option<u64>,
+}
+
 /// One site as HQ sees it.
 #[derive(Clone, Debug, Serialize)]
 pub struct SiteStatus {
@@ -274,6 +298,11 @@ pub struct SiteStatus {
     pub chain: String,
     pub site_head: Option<u64>,
     pub lag_events: Option<u64>,
+    /// Stored bytes the site still has to ship, as its shipper last reported.
+    pub lag_bytes: Option<u64>,
+    /// While events are missing: seconds since the newest record HQ holds was
+    /// received at the site (at least the age of the oldest missing one).
+    pub lag_seconds: Option<f64>,
     pub seconds_since_shipment: Option<f64>,
     pub newest_received_at: Option<i64>,
     pub forks: u64,
@@ -282,7 +311,15 @@ pub struct SiteStatus {
 
 impl Replica {
     fn new(log: Log) -> Self {
-        Self { log, site_head: None, last_shipment: None, last_received_at: None, forks: 0, last_fork: None }
+        Self {
+            log,
+            site_head: None,
+            site_lag_bytes: None,
+            last_shipment: None,
+            last_received_at: None,
+            forks: 0,
+            last_fork: None,
+        }
     }
 
     fn high_water(&self, site: &str) -> HighWater {

@@ -289,6 +289,7 @@ impl Shipper {
             .header("Authorization", auth)
             .header("Content-Type", "application/octet-stream")
             .header("X-Verbatim-Site-Head", head.to_string())
+            .header("X-Verbatim-Site-Lag-Bytes", self.reader.stored_bytes_from(Offset(cursor)).to_string())
             .send(&body[..]);
         let (status, answer) = request(resp)?;
         if status != 200 {

@@ -28,7 +28,7 @@ use rand::{Rng, SeedableRng};
 use verbatim_schema::{Offset, SiteId};
 
 use super::shipper::{resume_point, shipment, Resume};
-use super::{ReceiveError, Replicas};
+use super::{ReceiveError, Replicas, SiteReport};
 use crate::log::io::MemStorage;
 use crate::log::tests::{record, small_config};
 use crate::log::{Log, LogReader};
@@ -164,7 +164,7 @@ impl Sim {
 
     /// Delivers one shipment to HQ: the answer, if the site gets it.
     fn deliver(&mut self, body: &[u8]) -> Result<u64, ReceiveError> {
-        let r = self.hq().receive(SITE, body, None).map(|(_, hw)| hw.high_water);
+        let r = self.hq().receive(SITE, body, SiteReport::default()).map(|(_, hw)| hw.high_water);
         match &r {
             Ok(hw) => self.acked = self.acked.max(*hw),
             Err(ReceiveError::Gap { .. }) => self.events.gaps += 1,
@@ -260,7 +260,7 @@ impl Sim {
             let reader = self.site.as_ref().expect("site").reader();
             if let Some((body, _)) = shipment(&reader, self.cursor, self.batch_bytes, 3).expect("shipment") {
                 self.hq_storage.die_after(self.rng.random_range(0..4));
-                if self.hq().receive(SITE, &body, None).is_err() {
+                if self.hq().receive(SITE, &body, SiteReport::default()).is_err() {
                     self.events.failed_writes += 1;
                 }
             }

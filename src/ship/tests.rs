@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use verbatim_schema::{Offset, SiteId};
 
-use super::{ReceiveError, Replicas};
+use super::{ReceiveError, Replicas, SiteReport};
 use crate::log::io::MemStorage;
 use crate::log::raw::RawBlock;
 use crate::log::tests::{record, small_config};
@@ -81,11 +81,22 @@ fn a_shipped_log_is_record_identical_and_a_resend_changes_nothing() {
     log.seal_pending().expect("seal");
     let (hs, hq) = hq();
     let blocks = all_blocks(&log.reader());
-    let (got, hw) = hq.receive(SITE, &body(&blocks), Some(300)).expect("receive");
-    assert_eq!((got.records, got.duplicate_blocks), (300, 0));
+    // A first part, with the site's report: HQ's lag figures follow it.
+    let total = body(&blocks).len() as u64;
+    let part = body(&blocks[..2]);
+    let (_, first) = hq.receive(SITE, &part, SiteReport { head: Some(300), lag_bytes: Some(total) }).expect("part");
+    let st = &hq.status()[0];
+    assert_eq!(st.lag_events, Some(300 - first.high_water));
+    assert_eq!(st.lag_bytes, Some(total - part.len() as u64));
+    assert!(st.lag_seconds.is_some_and(|s| s >= 0.0), "{st:?}");
+    let report = SiteReport { head: Some(300), lag_bytes: Some(total - part.len() as u64) };
+    let (got, hw) = hq.receive(SITE, &body(&blocks), report).expect("receive");
+    assert_eq!((got.records, got.duplicate_blocks), (300 - first.high_water, 2));
+    let st = &hq.status()[0];
+    assert_eq!((st.lag_events, st.lag_bytes, st.lag_seconds), (Some(0), Some(0), Some(0.0)));
     assert_eq!(hw.high_water, 300);
     assert_eq!(hw.chain, log.reader().chain_at(Offset(300)).expect("chain").to_hex());
-    let (again, hw2) = hq.receive(SITE, &body(&blocks), None).expect("resend");
+    let (again, hw2) = hq.receive(SITE, &body(&blocks), SiteReport::default()).expect("resend");
     assert_eq!((again.records, again.duplicate_blocks), (0, blocks.len()));
     assert_eq!(hw2, hw);
     hq.close().expect("close");
@@ -93,7 +104,7 @@ fn a_shipped_log_is_record_identical_and_a_resend_changes_nothing() {
     // Reopened (sealed on close), HQ still answers the same.
     let hq = Replicas::open(Arc::new(hs.clone()), Path::new("/hq/replicas"), small_config()).expect("reopen");
     assert_eq!(hq.high_water(SITE).expect("hw"), hw);
-    assert_eq!(hq.receive(SITE, &body(&blocks[..3]), None).expect("old resend").0.duplicate_blocks, 3);
+    assert_eq!(hq.receive(SITE, &body(&blocks[..3]), SiteReport::default()).expect("old resend").0.duplicate_blocks, 3);
 }
 
 #[test]
@@ -105,17 +116,21 @@ fn shipping_in_pieces_across_seals_frames_a_block_at_a_mid_block_cursor() {
     // so HQ's high-water mark now falls inside a block.
     let first = log.reader().raw_blocks(Offset(0), 1, 3).expect("one block");
     assert_eq!(first.len(), 1);
-    hq.receive(SITE, &body(&first), None).expect("first");
+    hq.receive(SITE, &body(&first), SiteReport::default()).expect("first");
     log.roll().expect("roll");
     log.seal_pending().expect("seal");
     let rest = log.reader().raw_blocks(Offset(5), usize::MAX, 3).expect("rest");
     assert_eq!(rest[0].header.first_offset, Offset(5), "framed at the cursor");
-    let (got, hw) = hq.receive(SITE, &body(&rest), None).expect("rest");
+    let (got, hw) = hq.receive(SITE, &body(&rest), SiteReport::default()).expect("rest");
     assert_eq!((got.records, hw.high_water), (95, 100));
     // More records after the seal, shipped from the active segment.
     let more = source_more(&mut log, 100, 40);
     let (_, hw) = hq
-        .receive(SITE, &body(&log.reader().raw_blocks(Offset(100), usize::MAX, 3).expect("more")), None)
+        .receive(
+            SITE,
+            &body(&log.reader().raw_blocks(Offset(100), usize::MAX, 3).expect("more")),
+            SiteReport::default(),
+        )
         .expect("more");
     assert_eq!(hw.high_water, 100 + more);
     assert_same(&log.reader(), &replica_reader(&hs));
@@ -158,7 +173,7 @@ fn corrupted_reordered_duplicated_gapped_forked_and_foreign_shipments_apply_noth
     let blocks = all_blocks(&log.reader());
     assert_eq!(blocks.len(), 6);
     let (storage, hq) = hq();
-    hq.receive(SITE, &body(&blocks[..2]), None).expect("first two");
+    hq.receive(SITE, &body(&blocks[..2]), SiteReport::default()).expect("first two");
     let held = replica_bytes(&storage);
     assert!(held > 0);
     let unchanged = |hq: &Replicas| unchanged(hq, &storage, 20, held);
@@ -167,28 +182,29 @@ fn corrupted_reordered_duplicated_gapped_forked_and_foreign_shipments_apply_noth
     let mut bad = blocks[2].clone();
     let last = bad.bytes.len() - 1;
     bad.bytes[last] ^= 1;
-    let e = hq.receive(SITE, &body(&[bad, blocks[3].clone()]), None).expect_err("corrupt");
+    let e = hq.receive(SITE, &body(&[bad, blocks[3].clone()]), SiteReport::default()).expect_err("corrupt");
     assert!(matches!(e, ReceiveError::Corrupt { block: 0, .. }), "{e}");
     unchanged(&hq);
 
     // Cut short.
     let b = body(&blocks[2..4]);
-    let e = hq.receive(SITE, &b[..b.len() - 3], None).expect_err("short");
+    let e = hq.receive(SITE, &b[..b.len() - 3], SiteReport::default()).expect_err("short");
     assert!(matches!(e, ReceiveError::Corrupt { block: 1, .. }), "{e}");
     unchanged(&hq);
 
     // Reordered: the first block of the shipment is past the high-water mark.
-    let e = hq.receive(SITE, &body(&[blocks[3].clone(), blocks[2].clone()]), None).expect_err("reordered");
+    let e =
+        hq.receive(SITE, &body(&[blocks[3].clone(), blocks[2].clone()]), SiteReport::default()).expect_err("reordered");
     assert!(matches!(e, ReceiveError::Gap { block: 0, need: 20, .. }), "{e}");
     unchanged(&hq);
 
     // A gap inside a shipment: good block, then one that skips.
-    let e = hq.receive(SITE, &body(&[blocks[2].clone(), blocks[4].clone()]), None).expect_err("gap");
+    let e = hq.receive(SITE, &body(&[blocks[2].clone(), blocks[4].clone()]), SiteReport::default()).expect_err("gap");
     assert!(matches!(e, ReceiveError::Gap { block: 1, need: 30, .. }), "{e}");
     unchanged(&hq);
 
     // The same new block twice in one shipment.
-    let e = hq.receive(SITE, &body(&[blocks[2].clone(), blocks[2].clone()]), None).expect_err("dup");
+    let e = hq.receive(SITE, &body(&[blocks[2].clone(), blocks[2].clone()]), SiteReport::default()).expect_err("dup");
     assert!(matches!(e, ReceiveError::Corrupt { block: 1, .. }), "{e}");
     unchanged(&hq);
 
@@ -196,22 +212,22 @@ fn corrupted_reordered_duplicated_gapped_forked_and_foreign_shipments_apply_noth
     let other = MemStorage::new();
     let forked = source(&other, SITE, 60, 10, 5);
     let fblocks = all_blocks(&forked.reader());
-    let e = hq.receive(SITE, &body(&fblocks[1..2]), None).expect_err("fork held");
+    let e = hq.receive(SITE, &body(&fblocks[1..2]), SiteReport::default()).expect_err("fork held");
     assert!(matches!(e, ReceiveError::Fork { block: 0, offset: 10 }), "{e}");
     // ...and a next block that does not continue HQ's chain.
-    let e = hq.receive(SITE, &body(&fblocks[2..3]), None).expect_err("fork chain");
+    let e = hq.receive(SITE, &body(&fblocks[2..3]), SiteReport::default()).expect_err("fork chain");
     assert!(matches!(e, ReceiveError::Fork { offset: 20, .. }), "{e}");
     unchanged(&hq);
 
     // Records of another site under this site's name.
     let foreign = MemStorage::new();
     let lon = source(&foreign, "lon", 30, 10, 0);
-    let e = hq.receive(SITE, &body(&all_blocks(&lon.reader())[2..3]), None).expect_err("foreign");
+    let e = hq.receive(SITE, &body(&all_blocks(&lon.reader())[2..3]), SiteReport::default()).expect_err("foreign");
     assert!(matches!(e, ReceiveError::Corrupt { .. }), "{e}");
     unchanged(&hq);
 
     // The right blocks still go through afterwards.
-    let (_, hw) = hq.receive(SITE, &body(&blocks[2..]), None).expect("rest");
+    let (_, hw) = hq.receive(SITE, &body(&blocks[2..]), SiteReport::default()).expect("rest");
     assert_eq!(hw.high_water, 60);
 }
 
@@ -220,14 +236,15 @@ fn a_block_straddling_the_high_water_mark_is_answered_with_the_offset_needed() {
     let s = MemStorage::new();
     let mut log = source(&s, SITE, 40, 4, 0);
     let (storage, hq) = hq();
-    hq.receive(SITE, &body(&log.reader().raw_blocks(Offset(0), 1, 3).expect("b")), None).expect("first");
+    hq.receive(SITE, &body(&log.reader().raw_blocks(Offset(0), 1, 3).expect("b")), SiteReport::default())
+        .expect("first");
     let held = replica_bytes(&storage);
     log.roll().expect("roll");
     log.seal_pending().expect("seal");
     // A shipper that ignored the mark would send the sealed block from 0.
     let sealed = log.reader().raw_blocks(Offset(0), 1, 3).expect("sealed");
     assert!(sealed[0].header.end_offset().0 > 4);
-    let e = hq.receive(SITE, &body(&sealed), None).expect_err("straddle");
+    let e = hq.receive(SITE, &body(&sealed), SiteReport::default()).expect_err("straddle");
     assert!(matches!(e, ReceiveError::Gap { need: 4, .. }), "{e}");
     unchanged(&hq, &storage, 4, held);
 }
