@@ -8,7 +8,12 @@ the server sealed its segments on SIGTERM). Bodies are prepared before timing.
 After the 1-client ingest: how long the index needs to cover the log, then the
 200 queries of queries.txt through GET /v1/search (newest first, LIMIT 100,
 bodies and snippets included, each read audited), one client, 1 warm-up and 3
-timed passes, with `verbatim-loadgen query`. SQL rows come with their issue.
+timed passes, with `verbatim-loadgen query`. Then the two aggregations of
+the peers (count per network per day, top 20 senders) through POST /v1/sql
+once the rollups cover the log: hot (1 warm-up, then RUNS runs, median) and
+cold (each run a freshly started server, the rollup files evicted from the
+page cache first, as the peers' cold runs evict theirs); the time is the HTTP
+round trip, including the audit record written before the answer.
 """
 import argparse
 import http.client
@@ -24,7 +29,15 @@ import time
 
 PEERS = os.environ.get("PEERS_DIR") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "bench", "peers")
 sys.path.insert(0, PEERS)
-from common import WORKDIR, Step, emit, pct  # noqa: E402
+from common import WORKDIR, Step, drop_file_cache, emit, median, pct  # noqa: E402
+
+# The peers' two aggregations (duckdb_bench.py, pg_bench.py, sqlite_bench.py)
+# over Verbatim's `events` table.
+AGGS = [
+    ("count per network per day",
+     "SELECT network, date_trunc('day', ts) AS day, count(*) FROM events GROUP BY 1, 2 ORDER BY 1, 2"),
+    ("top 20 senders", "SELECT sender, count(*) AS c FROM events GROUP BY sender ORDER BY c DESC LIMIT 20"),
+]
 
 
 def free_port():
@@ -86,9 +99,72 @@ def get_json(port, path, token):
     return r.status, json.loads(r.read())
 
 
-def search_row(bin_dir, data, port, n, ingest_end, clients):
-    auditor = subprocess.run([os.path.join(bin_dir, "verbatim"), "--data-dir", data, "token", "create", "--role", "auditor"],
-                             check=True, capture_output=True, text=True).stdout.strip()
+def new_auditor(bin_dir, data):
+    return subprocess.run([os.path.join(bin_dir, "verbatim"), "--data-dir", data, "token", "create", "--role", "auditor"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+
+
+def sql(port, token, query):
+    """POST /v1/sql; returns (seconds, rows)."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    t = time.perf_counter()
+    c.request("POST", "/v1/sql", body=json.dumps({"sql": query}).encode(),
+              headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json", "Accept": "application/json"})
+    r = c.getresponse()
+    body = r.read()
+    dt = time.perf_counter() - t
+    if r.status != 200:
+        raise SystemExit(f"verbatim SQL answered {r.status}: {body[:300]!r}")
+    return dt, json.loads(body)["rows"]
+
+
+def wait_rollups(port, token, n):
+    while True:
+        _, st = get_json(port, "/v1/status", token)
+        if st["rollups"]["watermark"] >= n:
+            return st["rollups"]
+        time.sleep(0.1)
+
+
+def sql_hot(port, auditor, n, runs):
+    r = wait_rollups(port, auditor, n)
+    print(f"verbatim rollups: cover all {n} events in {r['files']} files, {r['bytes'] / n:.1f} B/event", flush=True)
+    for label, query in AGGS:
+        with Step(f"verbatim hot {label}") as st:
+            _, rows = sql(port, auditor, query)
+            times = [sql(port, auditor, query)[0] for _ in range(runs)]
+        print(f"verbatim SQL {label} (hot): median {median(times) * 1e3:.1f} ms, {len(rows)} rows", flush=True)
+        emit(peer="verbatim", what=f"agg {label} via POST /v1/sql on rollups (hot)", p50_ms=median(times) * 1e3,
+             seconds=sum(times), load=st.load, rows=len(rows),
+             note=f"{runs} runs after 1 warm-up, median; HTTP round trip incl. audit fsync")
+
+
+def sql_cold(bin_dir, data, n, runs):
+    """Each run: a fresh server process, the rollup files evicted, one query."""
+    auditor = new_auditor(bin_dir, data)
+    rollup_files = [os.path.join(root, f) for root, _, files in os.walk(os.path.join(data, "rollup")) for f in files]
+    for label, query in AGGS:
+        times = []
+        with Step(f"verbatim cold {label}") as st:
+            for _ in range(runs):
+                port = free_port()
+                server = start(bin_dir, data, port)
+                try:
+                    wait_rollups(port, auditor, n)
+                    for f in rollup_files:
+                        drop_file_cache(f)
+                    times.append(sql(port, auditor, query)[0])
+                finally:
+                    server.send_signal(signal.SIGTERM)
+                    server.wait(timeout=120)
+        print(f"verbatim SQL {label} (cold): median {median(times) * 1e3:.1f} ms", flush=True)
+        emit(peer="verbatim", what=f"agg {label} via POST /v1/sql on rollups (cold: new server, files evicted)",
+             p50_ms=median(times) * 1e3, seconds=sum(times), load=st.load,
+             note=f"{runs} runs, median; each a freshly started server")
+
+
+def search_row(bin_dir, data, port, n, ingest_end, clients, runs):
+    auditor = new_auditor(bin_dir, data)
     while True:
         _, st = get_json(port, "/v1/status", auditor)
         if st["index"]["watermark"] >= n:
@@ -100,7 +176,7 @@ def search_row(bin_dir, data, port, n, ingest_end, clients):
     emit(peer="verbatim", what=f"index lag after the {clients}-client ingest (seconds from the last ack to 100% coverage)",
          seconds=caught_up, events=n)
     if clients != 1:
-        return
+        return auditor
     queries = os.path.join(PEERS, "queries.txt")
     with Step("verbatim FTS 200q") as stp:
         out = subprocess.run([os.path.join(bin_dir, "verbatim-loadgen"), "query", "--url", f"http://127.0.0.1:{port}",
@@ -111,9 +187,11 @@ def search_row(bin_dir, data, port, n, ingest_end, clients):
           f"(mean {r['mean_ms']:.3f}, {r['hits_per_query']:.1f} hits/query)", flush=True)
     emit(peer="verbatim", what="FTS 200q ORDER BY ts DESC LIMIT 100 via GET /v1/search, bodies + snippets + audit (warm, 1 client)",
          p50_ms=r["p50_ms"], p99_ms=r["p99_ms"], mean_ms=r["mean_ms"], load=stp.load, note="3 timed passes pooled; 1 warm-up")
+    sql_hot(port, auditor, n, runs)
+    return auditor
 
 
-def run(bin_dir, lines, batch, clients):
+def run(bin_dir, lines, batch, clients, runs):
     n = len(lines)
     bodies = [b"".join(lines[i:i + batch]) for i in range(0, n, batch)]
     data = os.path.join(WORKDIR, "verbatim-data")
@@ -131,20 +209,24 @@ def run(bin_dir, lines, batch, clients):
             for t in threads:
                 t.join()
         ingest_end = time.perf_counter()
-        search_row(bin_dir, data, port, n, ingest_end, clients)
+        auditor = search_row(bin_dir, data, port, n, ingest_end, clients, runs)
+        wait_rollups(port, auditor, n)  # bytes on disk below include the rollups
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=120)
+    if clients == 1:
+        sql_cold(bin_dir, data, n, runs)
     log_b, state_b = dir_bytes(os.path.join(data, "log")), dir_bytes(os.path.join(data, "state"))
-    index_b = dir_bytes(os.path.join(data, "index"))
-    size = log_b + state_b + index_b
+    index_b, rollup_b = dir_bytes(os.path.join(data, "index")), dir_bytes(os.path.join(data, "rollup"))
+    size = log_b + state_b + index_b + rollup_b
     print(f"verbatim ingest x{clients}: {n / st.seconds:.0f} ev/s in {st.seconds:.1f}s, batch p50 {pct(lat, 50) * 1e3:.1f} ms "
           f"p99 {pct(lat, 99) * 1e3:.1f} ms; {size / n:.1f} B/event (log {log_b / n:.1f}, state {state_b / n:.1f}, "
-          f"index {index_b / n:.1f})", flush=True)
+          f"index {index_b / n:.1f}, rollups {rollup_b / n:.1f})", flush=True)
     emit(peer="verbatim", what=f"ingest {batch}-event batches over HTTP, {clients} client(s), ack after fdatasync",
          events_s=n / st.seconds, seconds=st.seconds, bytes_event=size / n, p50_ms=pct(lat, 50) * 1e3, p99_ms=pct(lat, 99) * 1e3,
          load=st.load, machine_busy=st.machine_busy, machine_steal=st.machine_steal,
-         breakdown={"log": round(log_b / n, 1), "state": round(state_b / n, 1), "index": round(index_b / n, 1)}, events=n,
+         breakdown={"log": round(log_b / n, 1), "state": round(state_b / n, 1), "index": round(index_b / n, 1),
+                    "rollups": round(rollup_b / n, 1)}, events=n,
          note="p50/p99 = per 1k-event batch latency (HTTP round trip)")
 
 
@@ -153,13 +235,14 @@ def main():
     ap.add_argument("--bin", required=True, help="directory with the release verbatim binary")
     ap.add_argument("--events", default=os.path.join(WORKDIR, "events.ndjson"))
     ap.add_argument("--batch", type=int, default=1000)
+    ap.add_argument("--runs", type=int, default=3, help="timed runs of each SQL aggregation")
     a = ap.parse_args()
     t = time.perf_counter()
     with open(a.events, "rb") as f:
         lines = f.readlines()
     print(f"prepared {len(lines)} events in {time.perf_counter() - t:.1f}s (not counted)", flush=True)
     for clients in (1, 4):
-        run(a.bin, lines, a.batch, clients)
+        run(a.bin, lines, a.batch, clients, a.runs)
 
 
 if __name__ == "__main__":
