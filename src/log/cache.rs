@@ -3,7 +3,8 @@
 //! a block decompression (a sealed block holds about 1 MiB of records).
 //! Records never change at an offset, so an entry stays correct even after
 //! its segment is sealed into other block boundaries; eviction is first in,
-//! first out, within a byte budget.
+//! first out, within a byte budget. One cache serves every log of the
+//! process (HQ reads its own and each site's): entries are keyed by log.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -15,8 +16,9 @@ use super::LogError;
 
 #[derive(Debug, Default)]
 struct Inner {
-    blocks: BTreeMap<u64, Arc<BlockRecords>>,
-    order: VecDeque<u64>,
+    /// (log id, first offset of the block) → the block.
+    blocks: BTreeMap<(u64, u64), Arc<BlockRecords>>,
+    order: VecDeque<(u64, u64)>,
     bytes: usize,
 }
 
@@ -32,13 +34,14 @@ impl BlockCache {
         Self { budget, inner: Mutex::default() }
     }
 
-    fn lookup(&self, offset: Offset) -> Option<Arc<BlockRecords>> {
+    fn lookup(&self, log: u64, offset: Offset) -> Option<Arc<BlockRecords>> {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let (_, b) = inner.blocks.range(..=offset.0).next_back()?;
-        (offset < b.end()).then(|| b.clone())
+        let (&(id, _), b) = inner.blocks.range(..=(log, offset.0)).next_back()?;
+        (id == log && offset < b.end()).then(|| b.clone())
     }
 
-    fn insert(&self, b: Arc<BlockRecords>) {
+    fn insert(&self, log: u64, b: Arc<BlockRecords>) {
+        let key = (log, b.first.0);
         let size = b.raw_len();
         if size > self.budget {
             return;
@@ -50,21 +53,22 @@ impl BlockCache {
                 inner.bytes -= old.raw_len();
             }
         }
-        if let Some(old) = inner.blocks.insert(b.first.0, b.clone()) {
+        if let Some(old) = inner.blocks.insert(key, b.clone()) {
             inner.bytes -= old.raw_len();
-            inner.order.retain(|k| *k != b.first.0);
+            inner.order.retain(|k| *k != key);
         }
         inner.bytes += size;
-        inner.order.push_back(b.first.0);
+        inner.order.push_back(key);
     }
 
     /// The block holding `offset`, from the cache or the log.
     pub fn block(&self, log: &LogReader, offset: Offset) -> Result<Arc<BlockRecords>, LogError> {
-        if let Some(b) = self.lookup(offset) {
+        let id = log.shared().id();
+        if let Some(b) = self.lookup(id, offset) {
             return Ok(b);
         }
         let b = Arc::new(log.block_at(offset)?);
-        self.insert(b.clone());
+        self.insert(id, b.clone());
         Ok(b)
     }
 
@@ -119,8 +123,26 @@ mod tests {
         let bodies: Vec<&str> = got.iter().map(|r| r.event.body.as_str()).collect();
         assert_eq!(bodies, ["m3.5", "m0.0", "m1.2", "m0.1"]);
         assert!(cache.bytes() <= one_block * 2 + 1, "the budget holds");
-        assert!(cache.lookup(Offset(15)).is_some(), "the newest blocks stay");
-        assert!(cache.lookup(Offset(35)).is_none(), "the oldest entry went first");
+        let id = reader.shared().id();
+        assert!(cache.lookup(id, Offset(15)).is_some(), "the newest blocks stay");
+        assert!(cache.lookup(id, Offset(35)).is_none(), "the oldest entry went first");
         assert!(matches!(cache.records(&reader, &[Offset(40)]), Err(LogError::NoSuchOffset(_))));
+    }
+
+    #[test]
+    fn two_logs_never_share_an_entry() {
+        let open = |body: &str| {
+            let mut log = Log::open(Arc::new(MemStorage::new()), std::path::Path::new("/log"), LogConfig::default())
+                .expect("open");
+            let batch = vec![crate::index::search::tests::record("irc", "a", "b", None, body, 1000, 1)];
+            log.append(&mut [batch]).expect("append");
+            log
+        };
+        let (a, b) = (open("from a"), open("from b"));
+        let cache = BlockCache::new(1 << 20);
+        let got = |log: &Log| cache.records(&log.reader(), &[Offset(0)]).expect("records")[0].event.body.clone();
+        assert_eq!(got(&a), "from a");
+        assert_eq!(got(&b), "from b", "offset 0 of another log is another record");
+        assert_eq!(got(&a), "from a");
     }
 }

@@ -163,14 +163,29 @@ impl SegmentView {
 }
 
 /// State shared by the writer, the sealer and every reader.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LogShared {
+    /// Tells this log from the others of the process (HQ holds one per site),
+    /// for caches keyed by offset.
+    id: u64,
     segments: RwLock<Vec<Arc<SegmentView>>>,
     /// Offset after the last durable record: readers see nothing past it.
     durable_end: AtomicU64,
 }
 
+impl Default for LogShared {
+    fn default() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        Self { id: NEXT.fetch_add(1, Ordering::Relaxed), segments: RwLock::default(), durable_end: AtomicU64::new(0) }
+    }
+}
+
 impl LogShared {
+    /// This log's id within the process.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
     pub fn durable_end(&self) -> Offset {
         Offset(self.durable_end.load(Ordering::Acquire))
     }
