@@ -78,6 +78,9 @@ pub enum Command {
         channel: Option<String>,
         #[arg(long)]
         conversation: Option<u64>,
+        /// Only this site's events (on HQ, which holds every site).
+        #[arg(long)]
+        site: Option<String>,
         /// `time` (newest first) or `relevance`.
         #[arg(long, default_value = "time")]
         sort: String,
@@ -92,6 +95,9 @@ pub enum Command {
     /// A conversation's transcript through the running server (auditor token; audited).
     Conversation {
         id: u64,
+        /// The site that recorded it (on HQ, where ids of two sites may be the same).
+        #[arg(long)]
+        site: Option<String>,
         /// Only the events around this offset...
         #[arg(long)]
         around: Option<u64>,
@@ -300,6 +306,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             participant,
             channel,
             conversation,
+            site,
             sort,
             limit,
             cursor,
@@ -312,6 +319,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ("network", network),
                 ("participant", participant),
                 ("channel", channel),
+                ("site", site),
                 ("cursor", cursor),
             ];
             q.extend(opt.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
@@ -319,8 +327,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let answer = get_json(&config, &client, "/v1/search", &q)?;
             print_search(&answer, client.json)?;
         }
-        Command::Conversation { id, around, context, client } => {
-            let mut q = Vec::new();
+        Command::Conversation { id, site, around, context, client } => {
+            let mut q: Vec<(&str, String)> = site.map(|s| ("site", s)).into_iter().collect();
             if let Some(a) = around {
                 q.extend([("around", a.to_string()), ("context", context.to_string())]);
             }
@@ -786,7 +794,7 @@ fn print_search(answer: &serde_json::Value, json: bool) -> anyhow::Result<()> {
     }
     let hits = answer["hits"].as_array().cloned().unwrap_or_default();
     for h in &hits {
-        println!("{}  (conversation {})", event_line(h), h["conversation_id"]);
+        println!("{}  (conversation {} at {})", event_line(h), h["conversation_id"], h["site"].as_str().unwrap_or(""));
     }
     println!(
         "-- {} of {} matches; index covers offsets below {}",
@@ -809,8 +817,9 @@ fn print_conversation(answer: &serde_json::Value, json: bool) -> anyhow::Result<
     let who: Vec<&str> =
         c["participants"].as_array().map(|a| a.iter().filter_map(|v| v.as_str()).collect()).unwrap_or_default();
     println!(
-        "conversation {} on {}{}: {} events, {} to {}",
+        "conversation {} of site {} on {}{}: {} events, {} to {}",
         c["id"],
+        c["site"].as_str().unwrap_or(""),
         c["network"].as_str().unwrap_or(""),
         c["channel"].as_str().map(|ch| format!(" {ch}")).unwrap_or_default(),
         c["events"],

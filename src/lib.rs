@@ -17,6 +17,7 @@ pub mod pg;
 pub mod rollup;
 pub mod server;
 pub mod ship;
+pub mod sites;
 pub mod sizing;
 pub mod sql;
 pub mod state;

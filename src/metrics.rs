@@ -155,6 +155,8 @@ pub struct ReplicationMetrics {
     pub replica_lag_bytes: SiteGauge,
     pub replica_lag_seconds: SiteGaugeF64,
     pub replica_forks: SiteGauge,
+    pub replica_index_watermark: SiteGauge,
+    pub replica_rollup_watermark: SiteGauge,
 }
 
 impl ReplicationMetrics {
@@ -176,6 +178,13 @@ impl ReplicationMetrics {
             self.replica_lag_seconds.get_or_create(&l).set(s.lag_seconds.unwrap_or(0.0));
             self.replica_forks.get_or_create(&l).set(s.forks as i64);
         }
+    }
+
+    /// HQ: how far a replicated site's index and rollups cover its replica log.
+    pub fn set_replica_derived(&self, site: &str, index_watermark: u64, rollup_watermark: u64) {
+        let l = vec![("site".to_string(), site.to_string())];
+        self.replica_index_watermark.get_or_create(&l).set(index_watermark as i64);
+        self.replica_rollup_watermark.get_or_create(&l).set(rollup_watermark as i64);
     }
 }
 
@@ -307,6 +316,16 @@ impl Metrics {
             p.replica_lag_seconds.clone(),
         );
         r.register("replica_forks", "HQ: shipments refused as forks since start, per site", p.replica_forks.clone());
+        r.register(
+            "replica_index_watermark",
+            "HQ: log offset below which a replicated site is indexed, per site",
+            p.replica_index_watermark.clone(),
+        );
+        r.register(
+            "replica_rollup_watermark",
+            "HQ: log offset below which a replicated site is rolled up, per site",
+            p.replica_rollup_watermark.clone(),
+        );
         let mut out = String::new();
         encode(&mut out, &r).expect("writing to a String cannot fail");
         out

@@ -40,6 +40,12 @@ impl DataDir {
         self.0.join("replicas")
     }
 
+    /// On HQ: the index and rollups of each replicated site,
+    /// `<data>/sites/<site>/{index,rollup}`, derived from its replica log.
+    pub fn sites(&self) -> PathBuf {
+        self.0.join("sites")
+    }
+
     /// On a regional site: the shipper's cursor.
     pub fn shipping_cursor(&self) -> PathBuf {
         self.0.join("shipping.json")

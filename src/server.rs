@@ -21,6 +21,7 @@ use crate::rollup::writer::RollupWriter;
 use crate::rollup::Rollups;
 use crate::ship::shipper::{Shipper, ShipperConfig};
 use crate::ship::Replicas;
+use crate::sites::{ReplicaStores, SiteStore, Sites};
 use crate::sql::SqlEngine;
 use crate::state::StateDb;
 
@@ -60,14 +61,32 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let rollups = Rollups::open(&data.rollup(), metrics.rollup.clone())?;
     let rollup_writer = RollupWriter::start(rollups.clone(), log.reader(), config.rollup.clone())?;
     let blocks = Arc::new(crate::log::cache::BlockCache::new(config.search.block_cache_mb << 20));
-    let sql = SqlEngine::new(
-        rollups.clone(),
-        log.reader(),
-        blocks.clone(),
-        index.clone(),
-        config.search.clone(),
-        config.sql.clone(),
-    )?;
+    let own =
+        SiteStore { site: config.site.id.clone(), log: log.reader(), index: index.clone(), rollups: rollups.clone() };
+    let replicas = match config.site.role {
+        SiteRole::Hq => Some(
+            Replicas::open(Arc::new(FsStorage), &data.replicas(), config.log_config())
+                .context("opening the replica logs")?,
+        ),
+        _ => None,
+    };
+    let sites = match &replicas {
+        Some(replicas) => {
+            let stores = ReplicaStores {
+                dir: data.sites(),
+                index: config.index.clone(),
+                rollup: config.rollup.clone(),
+                search_threads: config.search.threads,
+            };
+            let sites = Sites::hq(own, stores);
+            for (site, reader) in replicas.readers() {
+                sites.attach(&site, reader)?;
+            }
+            sites
+        }
+        None => Sites::local(own),
+    };
+    let sql = SqlEngine::new(sites.clone(), blocks.clone(), config.search.clone(), config.sql.clone())?;
     let (audit, audit_writer) = Audit::open(&data.audit(), config.log_config(), config.site_id())?;
     let (handle, writer) = LogHandle::start(log, Box::new(sequencer), metrics.log.clone());
     let pg = if config.pg.enabled {
@@ -85,13 +104,6 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         )))
     } else {
         None
-    };
-    let replicas = match config.site.role {
-        SiteRole::Hq => Some(
-            Replicas::open(Arc::new(FsStorage), &data.replicas(), config.log_config())
-                .context("opening the replica logs")?,
-        ),
-        _ => None,
     };
     let shipper = match (config.site.role, &config.site.hq_url, &config.site.hq_token) {
         (SiteRole::Regional, Some(url), Some(token)) => Some(Shipper::start(
@@ -125,6 +137,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         replication: config.replication.clone(),
         replicas: replicas.clone(),
         shipper: shipper.clone(),
+        sites: sites.clone(),
     });
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
@@ -148,6 +161,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     tokio::task::spawn_blocking(move || indexer.stop()).await?;
     tokio::task::spawn_blocking(move || rollup_writer.stop()).await?;
+    tokio::task::spawn_blocking(move || sites.stop()).await?;
     if let Some(r) = replicas {
         drop(app);
         tokio::task::spawn_blocking(move || r.close())

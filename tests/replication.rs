@@ -75,14 +75,102 @@ fn verify(data: &Path) -> Vec<String> {
         .collect()
 }
 
+fn sql(s: &Server, token: &str, query: &str) -> Value {
+    let body = serde_json::json!({ "sql": query }).to_string();
+    let auth = format!("Bearer {token}");
+    let headers =
+        [("Authorization", auth.as_str()), ("Content-Type", "application/json"), ("Accept", "application/json")];
+    let (code, _, body) = s.request("POST", "/v1/sql", &headers, body.as_bytes()).expect("sql");
+    assert_eq!(code, 200, "{query}: {body}");
+    serde_json::from_str(&body).expect("json")
+}
+
+/// HQ indexes and rolls up the replica with its site: search and SQL on HQ
+/// cover the site's `head` events, by site, with the site's conversation ids.
+fn global_view(hq: &Server, admin: &str, auditor: &str, head: u64) {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let st = status(hq, admin);
+        let r = &st["replicas"][0];
+        if r["index"]["watermark"].as_u64() == Some(head) && r["rollups"]["watermark"].as_u64() == Some(head) {
+            assert_eq!(r["index"]["consistent"], true, "{r}");
+            assert_eq!(r["index"]["docs"].as_u64(), Some(head), "{r}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "HQ did not index and roll up the replica: {r}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (_, metrics) = hq.get_with("/metrics", admin).expect("metrics");
+    assert!(metrics.contains(&format!("verbatim_replica_index_watermark{{site=\"{SITE}\"}} {head}")), "{metrics}");
+    let search = |q: &str| -> Value {
+        let (code, body) = hq.get_with(&format!("/v1/search?{q}"), auditor).expect("search");
+        assert_eq!(code, 200, "{q}: {body}");
+        serde_json::from_str(&body).expect("json")
+    };
+    let all = search("q=&limit=3");
+    assert_eq!(all["total"].as_u64(), Some(head), "every site's events: HQ has none of its own");
+    let sites: Vec<&str> = all["sites"].as_array().expect("sites").iter().filter_map(|s| s["site"].as_str()).collect();
+    assert_eq!(sites, ["local", SITE]);
+    let by_site = search(&format!("q=&limit=3&site={SITE}"));
+    assert_eq!(by_site["total"].as_u64(), Some(head));
+    assert_eq!(search("q=site:local&limit=3")["total"], 0);
+    let hit = &by_site["hits"][0];
+    assert_eq!(hit["site"], SITE, "{hit}");
+    // Page through a narrower query: every hit once, from the replica.
+    let mut cursor = String::new();
+    let mut seen = std::collections::BTreeSet::new();
+    let total = search("q=from:user1&limit=1")["total"].as_u64().expect("total");
+    assert!(total > 0);
+    loop {
+        let page = search(&format!("q=from:user1&limit=500{cursor}"));
+        for h in page["hits"].as_array().expect("hits") {
+            assert!(seen.insert(h["offset"].as_u64().expect("offset")), "a hit came twice");
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = format!("&cursor={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len() as u64, total);
+    // The site's conversation, by (site, id), and the same body through SQL.
+    let conv = hit["conversation_id"].as_u64().expect("conversation id");
+    let (code, body) = hq.get_with(&format!("/v1/conversations/{conv}?site={SITE}"), auditor).expect("transcript");
+    assert_eq!(code, 200, "{body}");
+    let t: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(t["conversation"]["site"], SITE);
+    assert!(t["events"].as_array().expect("events").iter().all(|e| e["conversation_id"] == conv && e["site"] == SITE));
+    let (code, body) = hq.get_with(&format!("/v1/conversations/{conv}?site=nowhere"), auditor).expect("transcript");
+    assert_eq!(code, 404, "{body}");
+    let counts =
+        sql(hq, auditor, "SELECT site, count(*) AS n, count(DISTINCT conversation_id) AS c FROM events GROUP BY site");
+    assert_eq!(counts["rows"][0][0], SITE, "{counts}");
+    assert_eq!(counts["rows"][0][1].as_u64(), Some(head), "{counts}");
+    assert_eq!(counts["row_count"], 1, "{counts}");
+    let convs = sql(hq, auditor, &format!("SELECT count(*) FROM conversations WHERE site = '{SITE}'"));
+    assert_eq!(convs["rows"][0][0], counts["rows"][0][2], "one conversations row per (site, id)");
+    let offset = hit["offset"].as_u64().expect("offset");
+    let bodies = sql(hq, auditor, &format!("SELECT body FROM events WHERE site = '{SITE}' AND \"offset\" = {offset}"));
+    assert_eq!(bodies["rows"][0][0], hit["body"], "{bodies}");
+    let joined = sql(
+        hq,
+        auditor,
+        "SELECT s.site, e.body FROM search('from:user1', 5) s \
+         JOIN events e ON e.site = s.site AND e.\"offset\" = s.\"offset\"",
+    );
+    assert_eq!(joined["row_count"], 5, "{joined}");
+    assert!(joined["rows"].as_array().expect("rows").iter().all(|r| r[0] == SITE));
+}
+
 #[test]
 fn a_site_ships_100k_events_to_hq_through_kills_of_either_side_and_hq_holds_the_same_log() {
     let tmp = tempfile::tempdir().expect("tmp");
     let (hq_dir, site_dir) = (tmp.path().join("hq"), tmp.path().join("site"));
     let replica = replica_token(&hq_dir, SITE);
     let hq_admin = create_token(&hq_dir, "admin", None);
+    let hq_auditor = create_token(&hq_dir, "auditor", None);
     let ingest = create_token(&site_dir, "ingest", Some("loadgen-*"));
     let site_admin = create_token(&site_dir, "admin", None);
+    let site_auditor = create_token(&site_dir, "auditor", None);
     let (hq_addr, site_addr) = (free_addr(), free_addr());
     let mut hq = start(&hq_dir, hq_addr, &hq_env());
     let env = regional_env(&hq, &replica);
@@ -166,6 +254,14 @@ fn a_site_ships_100k_events_to_hq_through_kills_of_either_side_and_hq_holds_the_
     assert_eq!(code, 200);
     assert!(metrics.contains(&format!("verbatim_replica_high_water{{site=\"{SITE}\"}} {head}")), "{metrics}");
     assert!(metrics.contains(&format!("verbatim_replica_lag_bytes{{site=\"{SITE}\"}} 0")), "{metrics}");
+
+    global_view(&hq, &hq_admin, &hq_auditor, head);
+    // The regional server shows its own site only.
+    let (code, body) = site.get_with("/v1/search?q=&limit=1", &site_auditor).expect("search");
+    assert_eq!(code, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["sites"].as_array().map(Vec::len), Some(1), "{v}");
+    assert_eq!(v["sites"][0]["site"], SITE, "{v}");
 
     // compare-hq: the same chain at HQ's high-water mark.
     let mut cmp = Command::new(bin());

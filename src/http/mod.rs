@@ -56,6 +56,8 @@ pub struct AppState {
     pub replicas: Option<Arc<crate::ship::Replicas>>,
     /// On a regional site: the shipper to HQ.
     pub shipper: Option<Arc<crate::ship::shipper::Shipper>>,
+    /// Every site reads cover: the own site, and on HQ the replicated ones.
+    pub sites: Arc<crate::sites::Sites>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -98,6 +100,10 @@ async fn metrics(State(s): State<Arc<AppState>>, caller: Caller) -> Result<Respo
         }
         if let Some(r) = &st.replicas {
             st.metrics.replication.set_replicas(&r.status());
+            for store in st.sites.all().iter().skip(1) {
+                let rw = store.rollups.watermark().0;
+                st.metrics.replication.set_replica_derived(&store.site, store.index.state().watermark, rw);
+            }
         }
     })
     .await;

@@ -87,14 +87,29 @@ pub async fn post_blocks(
     let st = site.clone();
     let result = tokio::task::spawn_blocking(move || r.receive(&st, &body, report)).await.map_err(task_failed)?;
     match result {
-        Ok((received, hw)) => Ok(Json(json!({
+        Ok((received, hw)) => {
+            // A site's first shipment: HQ starts indexing and rolling up its
+            // log. The shipment is durable already; a failure here is retried
+            // with the next one and does not refuse this one.
+            if s.sites.get(&site).is_none() {
+                if let Some(reader) = replicas.reader(&site) {
+                    let sites = s.sites.clone();
+                    let name = site.clone();
+                    let attached = tokio::task::spawn_blocking(move || sites.attach(&name, reader)).await;
+                    if let Ok(Err(e)) = attached {
+                        tracing::error!(site, error = %format!("{e:#}"), "cannot serve reads of a replicated site yet");
+                    }
+                }
+            }
+            Ok(Json(json!({
             "site": hw.site,
             "high_water": hw.high_water,
             "chain": hw.chain,
             "blocks": received.blocks,
             "records": received.records,
             "duplicate_blocks": received.duplicate_blocks,
-        }))),
+            })))
+        }
         Err(e) => {
             let need = replicas.high_water(&site).map(|h| h.high_water).ok();
             Err(match e {

@@ -132,6 +132,16 @@ struct SearchJson<'a> {
     hits: Vec<HitJson<'a>>,
     total: usize,
     next_cursor: Option<String>,
+    /// This server's own site's index watermark.
+    index_watermark: u64,
+    /// Every site searched (on HQ, each replicated site too) and the log
+    /// offset its index covers.
+    sites: Vec<SiteWatermark>,
+}
+
+#[derive(Serialize)]
+struct SiteWatermark {
+    site: String,
     index_watermark: u64,
 }
 
@@ -147,7 +157,7 @@ pub async fn get_search(
     let who = caller.require(&[Role::Auditor])?.clone();
     let p = params(
         raw,
-        &["q", "from", "to", "network", "participant", "channel", "conversation", "sort", "limit", "cursor"],
+        &["q", "from", "to", "network", "participant", "channel", "conversation", "site", "sort", "limit", "cursor"],
     )?;
     let sort = match p.get("sort").map(|v| v.trim()) {
         None | Some("") | Some("time") => Sort::Time,
@@ -161,6 +171,7 @@ pub async fn get_search(
         participant: nonempty(&p, "participant"),
         channel: nonempty(&p, "channel"),
         conversation: number(&p, "conversation")?,
+        site: nonempty(&p, "site"),
     };
     let req = SearchRequest {
         q: p.get("q").cloned().unwrap_or_default(),
@@ -172,10 +183,11 @@ pub async fn get_search(
     let started = Instant::now();
     let st = s.clone();
     let r = req.clone();
-    let found = tokio::task::spawn_blocking(move || search::search(&st.index, &st.search, &r))
+    let stores = s.sites.all();
+    let found = tokio::task::spawn_blocking(move || search::search_sites(&stores, &st.search, &r).map(|o| (o, stores)))
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("search task failed: {e}")))?;
-    let out = match found {
+    let (out, stores) = match found {
         Ok(out) => out,
         Err(e) => {
             if matches!(e, SearchError::Bad(_)) {
@@ -189,18 +201,35 @@ pub async fn get_search(
     let n = out.hits.len();
     let st = s.clone();
     let render = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, SearchError> {
-        let offsets: Vec<Offset> = out.hits.iter().map(|h| h.offset).collect();
-        let records = st.blocks.records(st.log.reader(), &offsets)?;
-        let mut snippets = SnippetGenerator::create(&out.searcher, &*out.query, st.index.fields.body)?;
-        snippets.set_max_num_chars(st.search.snippet_chars);
+        // Each site's hits read from its own log, in one pass per site.
+        let mut records: Vec<Option<Record>> = out.hits.iter().map(|_| None).collect();
+        for (i, store) in stores.iter().enumerate() {
+            let (at, offsets): (Vec<usize>, Vec<Offset>) =
+                out.hits.iter().enumerate().filter(|(_, h)| h.store == i).map(|(k, h)| (k, h.found.offset)).unzip();
+            if offsets.is_empty() {
+                continue;
+            }
+            for (k, r) in at.into_iter().zip(st.blocks.records(&store.log, &offsets)?) {
+                records[k] = Some(r);
+            }
+        }
+        let mut snippets = Vec::with_capacity(out.parts.len());
+        for (query, searcher) in &out.parts {
+            let mut g = SnippetGenerator::create(searcher, &**query, st.index.fields.body)?;
+            g.set_max_num_chars(st.search.snippet_chars);
+            snippets.push(g);
+        }
         let hits = out
             .hits
             .iter()
             .zip(&records)
-            .map(|(h, rec)| HitJson {
-                event: EventJson::new(h.offset, rec),
-                snippet: snippets.snippet(&rec.event.body).to_html(),
-                score: h.score,
+            .filter_map(|(h, rec)| {
+                let rec = rec.as_ref()?;
+                Some(HitJson {
+                    event: EventJson::new(h.found.offset, rec),
+                    snippet: snippets[h.store].snippet(&rec.event.body).to_html(),
+                    score: h.found.score,
+                })
             })
             .collect();
         let answer = SearchJson {
@@ -208,6 +237,10 @@ pub async fn get_search(
             total: out.total,
             next_cursor: out.next_cursor,
             index_watermark: st.index.state().watermark,
+            sites: stores
+                .iter()
+                .map(|x| SiteWatermark { site: x.site.clone(), index_watermark: x.index.state().watermark })
+                .collect(),
         };
         serde_json::to_vec(&answer).map_err(|e| SearchError::Internal(e.to_string()))
     });
@@ -245,7 +278,8 @@ pub async fn get_conversation(
     Query(raw): Params,
 ) -> Result<Json<Value>, ApiError> {
     let who = caller.require(&[Role::Auditor])?.clone();
-    let p = params(raw, &["around", "context"])?;
+    let p = params(raw, &["around", "context", "site"])?;
+    let site = nonempty(&p, "site");
     let id: u64 = id.parse().map_err(|_| ApiError::bad_request(format!("conversation ids are numbers, not {id:?}")))?;
     let around: Option<u64> = number(&p, "around")?;
     let context: usize = number(&p, "context")?.unwrap_or(10);
@@ -254,15 +288,45 @@ pub async fn get_conversation(
         return Err(ApiError::bad_request(format!("`context` {context} is over the maximum of {max}")));
     }
     let st = s.clone();
+    let wanted = site.clone();
     let body = tokio::task::spawn_blocking(move || -> Result<(Value, usize), SearchError> {
-        let (offsets, truncated) = search::conversation_offsets(&st.index, id, max)?;
-        let watermark = st.index.state().watermark;
-        if offsets.is_empty() {
-            return Err(SearchError::NotFound(format!(
-                "no conversation {id} in the index (it covers log offsets below {watermark})"
+        // Conversation ids are per site: on HQ, `site` names the one meant,
+        // and without it the id must be found at exactly one site.
+        let stores = match &wanted {
+            Some(w) => vec![st
+                .sites
+                .get(w)
+                .ok_or_else(|| SearchError::NotFound(format!("this server holds no site `{w}`")))?],
+            None => st.sites.all(),
+        };
+        let mut found = Vec::new();
+        for store in stores {
+            let (offsets, truncated) = search::conversation_offsets(&store.index, id, max)?;
+            if !offsets.is_empty() {
+                found.push((store, offsets, truncated));
+            }
+        }
+        if found.len() > 1 {
+            let sites: Vec<&str> = found.iter().map(|(x, ..)| x.site.as_str()).collect();
+            return Err(SearchError::Bad(format!(
+                "conversation {id} exists at sites {}: name one with `site`",
+                sites.join(", ")
             )));
         }
-        let records = st.blocks.records(st.log.reader(), &offsets)?;
+        let Some((store, offsets, truncated)) = found.pop() else {
+            let covered: Vec<String> = st
+                .sites
+                .all()
+                .iter()
+                .map(|x| format!("{} below offset {}", x.site, x.index.state().watermark))
+                .collect();
+            return Err(SearchError::NotFound(format!(
+                "no conversation {id} in the index (it covers {})",
+                covered.join(", ")
+            )));
+        };
+        let watermark = store.index.state().watermark;
+        let records = st.blocks.records(&store.log, &offsets)?;
         let window = match around {
             None => 0..offsets.len(),
             Some(a) => {
@@ -290,6 +354,7 @@ pub async fn get_conversation(
             json!({
                 "conversation": {
                     "id": id,
+                    "site": store.site,
                     "network": first.event.network,
                     "channel": first.event.channel,
                     "participants": participants,
@@ -306,7 +371,7 @@ pub async fn get_conversation(
     })
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("transcript task failed: {e}")))??;
-    let query = json!({"conversation": id, "around": around, "context": around.map(|_| context)});
+    let query = json!({"conversation": id, "site": site, "around": around, "context": around.map(|_| context)});
     audit(&s, &who, AuditEntry { endpoint: "conversation".into(), query, results: body.1 as u64 }).await?;
     s.metrics.index.transcripts.inc();
     Ok(Json(body.0))
@@ -350,7 +415,30 @@ pub async fn get_status(State(s): State<Arc<AppState>>, caller: Caller) -> Resul
             "replicas": st.replicas.as_ref().map(|r| {
                 let sites = r.status();
                 st.metrics.replication.set_replicas(&sites);
-                json!(sites)
+                let with_derived: Vec<Value> = sites
+                    .iter()
+                    .map(|x| {
+                        let mut v = json!(x);
+                        if let Some(store) = st.sites.get(&x.site).filter(|_| x.site != st.site.as_str()) {
+                            let ix = store.index.state();
+                            let rw = store.rollups.watermark().0;
+                            st.metrics.replication.set_replica_derived(&x.site, ix.watermark, rw);
+                            v["index"] = json!({
+                                "watermark": ix.watermark,
+                                "docs": ix.docs,
+                                "lag_events": x.high_water.saturating_sub(ix.watermark),
+                                "consistent": ix.last_reconciliation.as_ref().is_none_or(|r| r.ok),
+                                "error": ix.error,
+                            });
+                            v["rollups"] = json!({
+                                "watermark": rw,
+                                "lag_events": x.high_water.saturating_sub(rw),
+                            });
+                        }
+                        v
+                    })
+                    .collect();
+                json!(with_derived)
             }),
         })
     })

@@ -45,15 +45,15 @@ fn fixture(queue_depth: usize) -> Fixture {
         let (index, fields) = crate::index::in_ram();
         crate::index::indexer::SearchIndex::new(index, fields, metrics.index.clone(), 1).expect("index")
     };
-    let sql = crate::sql::SqlEngine::new(
-        rollups.clone(),
-        log.reader(),
-        blocks.clone(),
-        index.clone(),
-        Default::default(),
-        Default::default(),
-    )
-    .expect("sql");
+    let own = crate::sites::SiteStore {
+        site: "test".into(),
+        log: log.reader(),
+        index: index.clone(),
+        rollups: rollups.clone(),
+    };
+    let sites = crate::sites::Sites::local(own);
+    let sql =
+        crate::sql::SqlEngine::new(sites.clone(), blocks.clone(), Default::default(), Default::default()).expect("sql");
     let (handle, _) = LogHandle::start(log, Box::new(seq), metrics.log.clone());
     let tokens = Arc::new(TokenStore::new(&data));
     let ingest = tokens.create(Role::Ingest, vec!["proxy-*".into()], None).expect("token").0;
@@ -89,6 +89,7 @@ fn fixture(queue_depth: usize) -> Fixture {
         replication: crate::ship::ReplicationConfig::default(),
         replicas: None,
         shipper: None,
+        sites,
     });
     Fixture { _tmp: tmp, state, storage, audit_storage, ingest, other_ingest, auditor }
 }

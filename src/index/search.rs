@@ -140,6 +140,8 @@ pub struct Filters {
     pub channel: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conversation: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -181,6 +183,21 @@ impl Cursor {
         match self {
             Cursor::Time { ts, offset } => format!("t.{ts}.{offset}"),
             Cursor::Relevance { score, offset } => format!("r.{}.{offset}", score.to_bits()),
+        }
+    }
+
+    /// The cursor after hit `h`.
+    fn after(sort: Sort, h: &Found) -> Self {
+        match (sort, h.score) {
+            (Sort::Relevance, Some(score)) => Cursor::Relevance { score, offset: h.offset.0 },
+            _ => Cursor::Time { ts: h.ts, offset: h.offset.0 },
+        }
+    }
+
+    fn with_offset(self, offset: u64) -> Self {
+        match self {
+            Cursor::Time { ts, .. } => Cursor::Time { ts, offset },
+            Cursor::Relevance { score, .. } => Cursor::Relevance { score, offset },
         }
     }
 
@@ -571,6 +588,9 @@ pub fn compile(
     if let Some(v) = &filters.channel {
         clauses.push((Occur::Must, id(fields.channel, v)));
     }
+    if let Some(v) = &filters.site {
+        clauses.push((Occur::Must, id(fields.site, v)));
+    }
     if let Some(v) = filters.conversation {
         let t = Term::from_field_u64(fields.conversation, v);
         clauses.push((Occur::Must, Box::new(TermQuery::new(t, IndexRecordOption::Basic))));
@@ -644,18 +664,58 @@ pub fn search(
     cfg: &SearchConfig,
     req: &SearchRequest,
 ) -> Result<SearchOutcome, SearchError> {
+    let limit = page_limit(cfg, req)?;
+    let cursor = req.cursor.as_deref().map(|c| Cursor::decode(c, req.sort)).transpose()?;
+    let deadline = Deadline::after(cfg);
+    let (hits, total, query, searcher) = search_index(index, cfg, req, limit, cursor, &deadline)?;
+    deadline.check(cfg)?;
+    let next_cursor = if hits.len() == limit { hits.last().map(|h| Cursor::after(req.sort, h).encode()) } else { None };
+    Ok(SearchOutcome { hits, total, next_cursor, query, searcher })
+}
+
+fn page_limit(cfg: &SearchConfig, req: &SearchRequest) -> Result<usize, SearchError> {
     let limit = if req.limit == 0 { cfg.default_limit } else { req.limit };
     if limit > cfg.max_limit {
         return Err(bad(format!("`limit` {limit} is over the maximum of {}", cfg.max_limit)));
     }
-    let cursor = req.cursor.as_deref().map(|c| Cursor::decode(c, req.sort)).transpose()?;
+    Ok(limit)
+}
+
+impl Deadline {
+    fn after(cfg: &SearchConfig) -> Arc<Self> {
+        Arc::new(Deadline {
+            at: Instant::now() + Duration::from_millis(cfg.deadline_ms),
+            passed: AtomicBool::new(false),
+        })
+    }
+
+    fn check(&self, cfg: &SearchConfig) -> Result<(), SearchError> {
+        if self.passed.load(Ordering::Relaxed) {
+            return Err(bad(format!(
+                "the search ran past its deadline of {} ms: narrow the query or add filters",
+                cfg.deadline_ms
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Hits, the number of matches, the compiled query and the searcher.
+type IndexAnswer = (Vec<Found>, usize, Box<dyn Query>, Searcher);
+
+/// The best `limit` matches of `req` in one index below `cursor`, and the
+/// number of matches; the compiled query and the searcher, for snippets.
+fn search_index(
+    index: &super::indexer::SearchIndex,
+    cfg: &SearchConfig,
+    req: &SearchRequest,
+    limit: usize,
+    cursor: Option<Cursor>,
+    deadline: &Arc<Deadline>,
+) -> Result<IndexAnswer, SearchError> {
     let searcher = index.searcher();
     let fields = index.fields;
     let query = compile(cfg, &fields, &searcher, &req.q, &req.filters)?;
-    let deadline = Arc::new(Deadline {
-        at: Instant::now() + Duration::from_millis(cfg.deadline_ms),
-        passed: AtomicBool::new(false),
-    });
     let ts_name = searcher.schema().get_field_name(fields.ts).to_string();
     let off_name = searcher.schema().get_field_name(fields.offset).to_string();
     // Sort keys are `None` for documents ranked out: before the cursor, or
@@ -704,21 +764,81 @@ pub fn search(
             (found, total)
         }
     };
-    if deadline.passed.load(Ordering::Relaxed) {
-        return Err(bad(format!(
-            "the search ran past its deadline of {} ms: narrow the query or add filters",
-            cfg.deadline_ms
-        )));
+    Ok((found, total, query, searcher))
+}
+
+/// A hit of a search over several sites: which store (by position in the
+/// slice searched), and where.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SiteHit {
+    pub store: usize,
+    pub found: Found,
+}
+
+/// The answer of [`search_sites`].
+#[derive(Debug)]
+pub struct SitesOutcome {
+    pub hits: Vec<SiteHit>,
+    /// Matches on every site and every page together.
+    pub total: usize,
+    pub next_cursor: Option<String>,
+    /// Per store searched: the compiled query and the searcher, for snippets.
+    pub parts: Vec<(Box<dyn Query>, Searcher)>,
+}
+
+/// Searches the index of every store and merges the answers. Hits are
+/// ordered by the sort key, then site id, then offset (newest or best
+/// first), so a page and its cursor are the same whatever the number of
+/// sites; a cursor names the site of the last hit (`t.<ts>.<offset>.<site>`).
+/// Relevance scores are each site's own BM25: every site's index has its
+/// own term statistics.
+pub fn search_sites(
+    stores: &[Arc<crate::sites::SiteStore>],
+    cfg: &SearchConfig,
+    req: &SearchRequest,
+) -> Result<SitesOutcome, SearchError> {
+    let limit = page_limit(cfg, req)?;
+    let cursor = match req.cursor.as_deref() {
+        None => None,
+        Some(c) => {
+            let invalid = || bad(format!("`cursor` {c:?} is not a cursor of this search: pass `next_cursor` as given"));
+            let (inner, site) = c.rsplit_once('.').ok_or_else(invalid)?;
+            Some((Cursor::decode(inner, req.sort).map_err(|_| invalid())?, site.to_owned()))
+        }
+    };
+    let deadline = Deadline::after(cfg);
+    let mut hits = Vec::new();
+    let mut parts = Vec::with_capacity(stores.len());
+    let mut total = 0;
+    for (i, store) in stores.iter().enumerate() {
+        // The cursor as this store sees it: at the cursor's key, a site
+        // ordered after the cursor's has nothing left, one before it everything.
+        let own = cursor.as_ref().map(|(c, site)| match store.site.as_str().cmp(site.as_str()) {
+            std::cmp::Ordering::Equal => *c,
+            std::cmp::Ordering::Greater => c.with_offset(0),
+            std::cmp::Ordering::Less => c.with_offset(u64::MAX),
+        });
+        let (found, n, query, searcher) = search_index(&store.index, cfg, req, limit, own, &deadline)?;
+        total += n;
+        hits.extend(found.into_iter().map(|found| SiteHit { store: i, found }));
+        parts.push((query, searcher));
     }
-    let next_cursor = if found.len() == limit {
-        found.last().map(|h| match (req.sort, h.score) {
-            (Sort::Relevance, Some(score)) => Cursor::Relevance { score, offset: h.offset.0 }.encode(),
-            _ => Cursor::Time { ts: h.ts, offset: h.offset.0 }.encode(),
-        })
+    deadline.check(cfg)?;
+    let site = |h: &SiteHit| stores[h.store].site.as_str();
+    hits.sort_by(|a, b| {
+        let key = match req.sort {
+            Sort::Time => b.found.ts.cmp(&a.found.ts),
+            Sort::Relevance => b.found.score.unwrap_or(0.0).total_cmp(&a.found.score.unwrap_or(0.0)),
+        };
+        key.then_with(|| site(b).cmp(site(a))).then_with(|| b.found.offset.cmp(&a.found.offset))
+    });
+    hits.truncate(limit);
+    let next_cursor = if hits.len() == limit {
+        hits.last().map(|h| format!("{}.{}", Cursor::after(req.sort, &h.found).encode(), site(h)))
     } else {
         None
     };
-    Ok(SearchOutcome { hits: found, total, next_cursor, query, searcher })
+    Ok(SitesOutcome { hits, total, next_cursor, parts })
 }
 
 /// The offsets of conversation `id` in the index, oldest first, at most `max`

@@ -221,7 +221,6 @@ impl Replicas {
         }
     }
 
-    /// Per-site replication status, for `/v1/status` and `/metrics`.
     /// A reader of `site`'s replica log, if HQ holds one.
     pub fn reader(&self, site: &str) -> Option<LogReader> {
         let r = lock(&self.sites).get(site).cloned()?;
@@ -229,6 +228,14 @@ impl Replicas {
         Some(r.log.reader())
     }
 
+    /// Every site HQ holds a replica log of, with a reader of it.
+    pub fn readers(&self) -> Vec<(String, LogReader)> {
+        let sites: Vec<(String, Arc<Mutex<Replica>>)> =
+            lock(&self.sites).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        sites.into_iter().map(|(site, r)| (site, lock(&r).log.reader())).collect()
+    }
+
+    /// Per-site replication status, for `/v1/status` and `/metrics`.
     pub fn status(&self) -> Vec<SiteStatus> {
         let sites: Vec<(String, Arc<Mutex<Replica>>)> =
             lock(&self.sites).iter().map(|(k, v)| (k.clone(), v.clone())).collect();

@@ -36,12 +36,12 @@ use tokio::sync::Semaphore;
 
 use crate::audit::{Audit, AuditEntry};
 use crate::auth::Principal;
-use crate::index::indexer::SearchIndex;
+
 use crate::index::search::SearchConfig;
 use crate::log::cache::BlockCache;
-use crate::log::LogReader;
+
 use crate::metrics::{IndexMetrics, RollupMetrics};
-use crate::rollup::Rollups;
+use crate::sites::Sites;
 
 /// `[sql]`: the bounds every query runs under.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,11 +155,10 @@ pub const CATALOG: &str = "verbatim";
 pub const SCHEMA: &str = "public";
 
 impl SqlEngine {
+    /// An engine over every site of `sites` (the own site; on HQ the replicated ones too).
     pub fn new(
-        rollups: Arc<Rollups>,
-        log: LogReader,
+        sites: Arc<Sites>,
         blocks: Arc<BlockCache>,
-        index: Arc<SearchIndex>,
         search: SearchConfig,
         config: SqlConfig,
     ) -> anyhow::Result<Arc<Self>> {
@@ -176,11 +175,11 @@ impl SqlEngine {
         session.options_mut().sql_parser.recursion_limit =
             datafusion::common::config::ConfigNonZeroUsize::try_new(config.max_nesting.max(8))?;
         let ctx = SessionContext::new_with_config_rt(session, runtime_env);
-        let metrics = rollups.metrics.clone();
-        tables::register(&ctx, rollups, log.clone(), blocks.clone(), config.max_tail_events)?;
+        let metrics = sites.own().rollups.metrics.clone();
+        tables::register(&ctx, sites.clone(), blocks.clone(), config.max_tail_events)?;
         ctx.register_udtf(
             "search",
-            Arc::new(search_fn::SearchFunction { index, config: search, log, blocks, max_hits: config.max_rows }),
+            Arc::new(search_fn::SearchFunction { sites, config: search, blocks, max_hits: config.max_rows }),
         );
         crate::pg::setup_catalog(&ctx)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -1,7 +1,9 @@
 //! `search('query' [, limit])`: the full-text index as a table, for joins.
-//! Rows: `offset`, `ts`, `conversation_id`, `participants` (sender first,
-//! then recipients), `score`, best first. The query is the search syntax of
-//! `GET /v1/search` with the same bounds; it covers the index watermark.
+//! Rows: `site`, `offset`, `ts`, `conversation_id`, `participants` (sender
+//! first, then recipients), `score`, best first. The query is the search
+//! syntax of `GET /v1/search` with the same bounds; it covers every site's
+//! index up to its watermark (on HQ, every replicated site too). Join
+//! `events` on (site, offset).
 
 use std::sync::Arc;
 
@@ -13,18 +15,16 @@ use datafusion::catalog::{TableFunctionArgs, TableFunctionImpl};
 use datafusion::common::{plan_err, DataFusionError, Result, ScalarValue};
 use datafusion::datasource::{MemTable, TableProvider};
 use datafusion::logical_expr::Expr;
-use verbatim_schema::Offset;
+use verbatim_schema::{Offset, Record};
 
-use crate::index::indexer::SearchIndex;
-use crate::index::search::{search, Filters, SearchConfig, SearchRequest, Sort};
+use crate::index::search::{search_sites, Filters, SearchConfig, SearchRequest, Sort};
 use crate::log::cache::BlockCache;
-use crate::log::LogReader;
+use crate::sites::{SiteStore, Sites};
 
 #[derive(Debug)]
 pub struct SearchFunction {
-    pub index: Arc<SearchIndex>,
+    pub sites: Arc<Sites>,
     pub config: SearchConfig,
-    pub log: LogReader,
     pub blocks: Arc<BlockCache>,
     /// Most hits one call returns (`sql.max_rows`).
     pub max_hits: usize,
@@ -32,6 +32,7 @@ pub struct SearchFunction {
 
 pub fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
+        Field::new("site", DataType::Utf8, false),
         Field::new("offset", DataType::Int64, false),
         Field::new("ts", DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())), false),
         Field::new("conversation_id", DataType::Int64, true),
@@ -48,7 +49,7 @@ fn literal(e: &Expr) -> Option<&ScalarValue> {
 }
 
 impl SearchFunction {
-    fn hits(&self, q: &str, limit: usize) -> Result<Vec<(Offset, f32)>> {
+    fn hits(&self, stores: &[Arc<SiteStore>], q: &str, limit: usize) -> Result<Vec<(usize, Offset, f32)>> {
         let mut out = Vec::new();
         let mut cursor = None;
         loop {
@@ -60,9 +61,9 @@ impl SearchFunction {
                 limit: page,
                 cursor: cursor.take(),
             };
-            let found =
-                search(&self.index, &self.config, &req).map_err(|e| DataFusionError::Plan(format!("search(): {e}")))?;
-            out.extend(found.hits.iter().map(|h| (h.offset, h.score.unwrap_or(0.0))));
+            let found = search_sites(stores, &self.config, &req)
+                .map_err(|e| DataFusionError::Plan(format!("search(): {e}")))?;
+            out.extend(found.hits.iter().map(|h| (h.store, h.found.offset, h.found.score.unwrap_or(0.0))));
             match found.next_cursor {
                 Some(c) if out.len() < limit => cursor = Some(c),
                 _ => return Ok(out),
@@ -86,15 +87,32 @@ impl TableFunctionImpl for SearchFunction {
         if exprs.len() > 2 {
             return plan_err!("{usage}");
         }
-        let hits = self.hits(q, limit)?;
-        let offsets: Vec<Offset> = hits.iter().map(|(o, _)| *o).collect();
-        let records = self.blocks.records(&self.log, &offsets).map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let stores = self.sites.all();
+        let hits = self.hits(&stores, q, limit)?;
+        let mut records: Vec<Option<Record>> = hits.iter().map(|_| None).collect();
+        for (i, store) in stores.iter().enumerate() {
+            let (at, offsets): (Vec<usize>, Vec<Offset>) =
+                hits.iter().enumerate().filter(|(_, h)| h.0 == i).map(|(k, h)| (k, h.1)).unzip();
+            if offsets.is_empty() {
+                continue;
+            }
+            let got = self.blocks.records(&store.log, &offsets).map_err(|e| DataFusionError::External(Box::new(e)))?;
+            for (k, r) in at.into_iter().zip(got) {
+                records[k] = Some(r);
+            }
+        }
+        let mut site = StringBuilder::new();
         let mut offset = Int64Builder::new();
         let mut ts = TimestampNanosecondBuilder::new().with_timezone("UTC");
         let mut conversation = Int64Builder::new();
         let mut participants = ListBuilder::new(StringBuilder::new());
         let mut score = Float32Builder::new();
-        for ((o, s), r) in hits.iter().zip(&records) {
+        for ((_, o, s), r) in hits.iter().zip(&records) {
+            let Some(r) = r else {
+                return Err(DataFusionError::Internal(format!("search(): no record at offset {o}")));
+            };
+            // The record's own site, as `events.site` shows it.
+            site.append_value(r.site.as_str());
             offset.append_value(o.0 as i64);
             ts.append_value(r.event.ts.instant.0);
             conversation.append_option(r.conversation_id.map(|c| c.0 as i64));
@@ -106,6 +124,7 @@ impl TableFunctionImpl for SearchFunction {
             score.append_value(*s);
         }
         let columns: Vec<ArrayRef> = vec![
+            Arc::new(site.finish()),
             Arc::new(offset.finish()),
             Arc::new(ts.finish()),
             Arc::new(conversation.finish()),

@@ -1,10 +1,11 @@
 //! The tables SQL sees: `events` (Parquet rollups plus the log tail, with
 //! bodies read from the log), and the views `conversations` and `daily_usage`.
 
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
-use arrow::array::{Array, ArrayRef, Int64Array, StringBuilder};
+use arrow::array::{Array, ArrayRef, Int64Array, StringArray};
 use arrow::datatypes::{DataType, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::Session;
@@ -14,7 +15,7 @@ use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTable
 use datafusion::datasource::{MemTable, TableProvider, TableType, ViewTable};
 use datafusion::logical_expr::{
     ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TableProviderFilterPushDown,
-    Volatility,
+    TypeSignature, Volatility,
 };
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::union::UnionExec;
@@ -23,35 +24,38 @@ use datafusion::prelude::{col, SessionContext};
 use verbatim_schema::Offset;
 
 use crate::log::cache::BlockCache;
-use crate::log::LogReader;
-use crate::rollup::{events_batch, events_schema, Manifest, Rollups};
+use crate::rollup::{events_batch, events_schema, Manifest};
+use crate::sites::{SiteStore, Sites};
 
-/// The stored columns of `events`: the rollup files, then the log tail.
+/// A manifest and the listing table of its files.
+type Listing = (Arc<Manifest>, Arc<ListingTable>);
+
+/// The stored columns of `events`: for every site, its rollup files, then
+/// its log tail.
 #[derive(Debug)]
 pub struct EventsColumns {
-    rollups: Arc<Rollups>,
-    log: LogReader,
+    sites: Arc<Sites>,
     max_tail_events: u64,
-    /// The listing table of the last manifest seen, rebuilt when it changes.
-    listing: Mutex<Option<(Arc<Manifest>, Arc<ListingTable>)>>,
+    /// Per site, the listing table of the last manifest seen, rebuilt when it changes.
+    listings: Mutex<HashMap<String, Listing>>,
 }
 
 impl EventsColumns {
-    pub fn new(rollups: Arc<Rollups>, log: LogReader, max_tail_events: u64) -> Self {
-        Self { rollups, log, max_tail_events, listing: Mutex::new(None) }
+    pub fn new(sites: Arc<Sites>, max_tail_events: u64) -> Self {
+        Self { sites, max_tail_events, listings: Mutex::default() }
     }
 
-    fn listing(&self, m: &Arc<Manifest>) -> Result<Option<Arc<ListingTable>>> {
+    fn listing(&self, store: &SiteStore, m: &Arc<Manifest>) -> Result<Option<Arc<ListingTable>>> {
         if m.files.is_empty() {
             return Ok(None);
         }
-        let mut cached = self.listing.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((seen, table)) = cached.as_ref() {
+        let mut cached = self.listings.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((seen, table)) = cached.get(&store.site) {
             if Arc::ptr_eq(seen, m) {
                 return Ok(Some(table.clone()));
             }
         }
-        let dir = self.rollups.dir();
+        let dir = store.rollups.dir();
         let urls = m
             .files
             .iter()
@@ -61,26 +65,26 @@ impl EventsColumns {
         let config =
             ListingTableConfig::new_with_multi_paths(urls).with_listing_options(options).with_schema(events_schema());
         let table = Arc::new(ListingTable::try_new(config)?);
-        *cached = Some((m.clone(), table.clone()));
+        cached.insert(store.site.clone(), (m.clone(), table.clone()));
         Ok(Some(table))
     }
 
-    /// The records past the rollups' watermark, decoded from the log.
-    fn tail(&self, from: Offset) -> Result<MemTable> {
-        let head = self.log.head();
+    /// The records of `store` past its rollups' watermark, decoded from its log.
+    fn tail(&self, store: &SiteStore, from: Offset) -> Result<MemTable> {
+        let head = store.log.head();
         let n = head.0.saturating_sub(from.0);
         if n > self.max_tail_events {
             return Err(DataFusionError::External(
                 format!(
-                    "the rollups are {n} events behind the log (more than sql.max_tail_events = {}); \
+                    "the rollups of site {} are {n} events behind its log (more than sql.max_tail_events = {}); \
                      retry when they have caught up",
-                    self.max_tail_events
+                    store.site, self.max_tail_events
                 )
                 .into(),
             ));
         }
         let mut records = Vec::with_capacity(n as usize);
-        for item in self.log.iter_from(from).take(n as usize) {
+        for item in store.log.iter_from(from).take(n as usize) {
             records.push(item.map_err(|e| DataFusionError::External(Box::new(e)))?);
         }
         let rows: Vec<_> = records.iter().map(|(o, r)| (*o, r)).collect();
@@ -111,14 +115,16 @@ impl TableProvider for EventsColumns {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        // One snapshot: the files of this manifest, then exactly the records after it.
-        let m = self.rollups.manifest();
         let mut parts: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
-        if let Some(table) = self.listing(&m)? {
-            parts.push(table.scan(state, projection, filters, limit).await?);
+        for store in self.sites.all() {
+            // One snapshot per site: the files of this manifest, then exactly the records after it.
+            let m = store.rollups.manifest();
+            if let Some(table) = self.listing(&store, &m)? {
+                parts.push(table.scan(state, projection, filters, limit).await?);
+            }
+            let tail = self.tail(&store, Offset(m.watermark))?;
+            parts.push(tail.scan(state, projection, filters, limit).await?);
         }
-        let tail = self.tail(Offset(m.watermark))?;
-        parts.push(tail.scan(state, projection, filters, limit).await?);
         match parts.len() {
             0 => Ok(Arc::new(EmptyExec::new(project_schema(&events_schema(), projection)?))),
             _ => UnionExec::try_new(parts),
@@ -126,10 +132,12 @@ impl TableProvider for EventsColumns {
     }
 }
 
-/// `log_body(offset)`: the body of the record at `offset`, read from the log.
+/// `log_body(site, offset)`: the body of the record at `offset` of `site`'s
+/// log. A site this server holds no log of reads as NULL — except on a
+/// server without replicas, where every row is its own log's.
 #[derive(Debug)]
 pub struct LogBody {
-    log: LogReader,
+    sites: Arc<Sites>,
     blocks: Arc<BlockCache>,
     signature: Signature,
 }
@@ -149,8 +157,23 @@ impl Hash for LogBody {
 }
 
 impl LogBody {
-    pub fn new(log: LogReader, blocks: Arc<BlockCache>) -> Self {
-        Self { log, blocks, signature: Signature::exact(vec![DataType::Int64], Volatility::Stable) }
+    pub fn new(sites: Arc<Sites>, blocks: Arc<BlockCache>) -> Self {
+        let signature = Signature::one_of(
+            vec![
+                TypeSignature::Exact(vec![DataType::Utf8, DataType::Int64]),
+                TypeSignature::Exact(vec![DataType::Utf8View, DataType::Int64]),
+            ],
+            Volatility::Stable,
+        );
+        Self { sites, blocks, signature }
+    }
+
+    fn store(&self, site: &str) -> Option<Arc<SiteStore>> {
+        match self.sites.get(site) {
+            Some(s) => Some(s),
+            None if !self.sites.has_replicas() => Some(self.sites.own().clone()),
+            None => None,
+        }
     }
 }
 
@@ -168,34 +191,45 @@ impl ScalarUDFImpl for LogBody {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let offsets = args.args[0].clone().into_array(args.number_rows)?;
+        let n = args.number_rows;
+        let sites = arrow::compute::cast(&args.args[0].clone().into_array(n)?, &DataType::Utf8)?;
+        let sites = sites
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(|| DataFusionError::Internal("log_body takes a VARCHAR site".into()))?;
+        let offsets = args.args[1].clone().into_array(n)?;
         let offsets = offsets
             .as_any()
             .downcast_ref::<Int64Array>()
             .ok_or_else(|| DataFusionError::Internal("log_body takes a BIGINT offset".into()))?;
-        let head = self.log.head().0;
-        let wanted: Vec<Offset> =
-            offsets.iter().flatten().filter(|&o| o >= 0 && (o as u64) < head).map(|o| Offset(o as u64)).collect();
-        let records = self.blocks.records(&self.log, &wanted).map_err(|e| DataFusionError::External(Box::new(e)))?;
-        let mut bodies = records.into_iter();
-        let mut out = StringBuilder::with_capacity(offsets.len(), 0);
-        for o in offsets.iter() {
-            match o {
-                Some(o) if o >= 0 && (o as u64) < head => match bodies.next() {
-                    Some(r) => out.append_value(&r.event.body),
-                    None => out.append_null(),
-                },
-                _ => out.append_null(),
+        // Rows grouped by site, each site's offsets read in one pass.
+        let mut wanted: HashMap<&str, Vec<(usize, Offset)>> = HashMap::new();
+        for i in 0..n {
+            if sites.is_valid(i) && offsets.is_valid(i) && offsets.value(i) >= 0 {
+                wanted.entry(sites.value(i)).or_default().push((i, Offset(offsets.value(i) as u64)));
             }
         }
-        Ok(ColumnarValue::Array(Arc::new(out.finish()) as ArrayRef))
+        let mut bodies: Vec<Option<String>> = vec![None; n];
+        for (site, rows) in wanted {
+            let Some(store) = self.store(site) else { continue };
+            let head = store.log.head();
+            let rows: Vec<(usize, Offset)> = rows.into_iter().filter(|(_, o)| *o < head).collect();
+            let offsets: Vec<Offset> = rows.iter().map(|(_, o)| *o).collect();
+            let records =
+                self.blocks.records(&store.log, &offsets).map_err(|e| DataFusionError::External(Box::new(e)))?;
+            for ((i, _), r) in rows.into_iter().zip(records) {
+                bodies[i] = Some(r.event.body);
+            }
+        }
+        Ok(ColumnarValue::Array(Arc::new(StringArray::from(bodies)) as ArrayRef))
     }
 }
 
-/// `conversations`: one row per conversation id, from every event in it.
+/// `conversations`: one row per conversation, from every event in it. Ids
+/// are per site, so a conversation is (site, id).
 pub const CONVERSATIONS_VIEW: &str = "CREATE VIEW conversations AS
 SELECT conversation_id AS id,
-       min(site) AS site,
+       site,
        min(network) AS network,
        min(channel) AS channel,
        array_sort(array_distinct(flatten(array_agg(array_prepend(sender, recipients))))) AS participants,
@@ -205,7 +239,7 @@ SELECT conversation_id AS id,
        sum(body_len) AS bytes
 FROM events
 WHERE conversation_id IS NOT NULL
-GROUP BY conversation_id";
+GROUP BY site, conversation_id";
 
 /// `daily_usage`: per UTC day, site, network and participant (sender or
 /// recipient), the conversations they were in, the messages and body bytes.
@@ -225,15 +259,14 @@ GROUP BY 1, 2, 3, 4";
 /// Registers `events` and the views on `ctx`.
 pub fn register(
     ctx: &SessionContext,
-    rollups: Arc<Rollups>,
-    log: LogReader,
+    sites: Arc<Sites>,
     blocks: Arc<BlockCache>,
     max_tail_events: u64,
 ) -> anyhow::Result<()> {
-    let columns = Arc::new(EventsColumns::new(rollups, log.clone(), max_tail_events));
-    let body = ScalarUDF::from(LogBody::new(log, blocks));
+    let columns = Arc::new(EventsColumns::new(sites.clone(), max_tail_events));
+    let body = ScalarUDF::from(LogBody::new(sites, blocks));
     let mut exprs: Vec<Expr> = events_schema().fields().iter().map(|f| col(format!("\"{}\"", f.name()))).collect();
-    exprs.push(body.call(vec![col("offset")]).alias("body"));
+    exprs.push(body.call(vec![col("site"), col("offset")]).alias("body"));
     let plan = ctx.read_table(columns)?.select(exprs)?.into_unoptimized_plan();
     ctx.register_table("events", Arc::new(ViewTable::new(plan, None)))?;
     futures::executor::block_on(async {

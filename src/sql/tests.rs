@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use super::*;
+use crate::index::indexer::SearchIndex;
 use crate::index::indexer::{add_from, commit};
 use crate::index::search::tests::record;
 use crate::log::io::FsStorage;
@@ -11,6 +12,8 @@ use crate::log::{Log, LogConfig};
 use crate::metrics::RollupMetrics;
 use crate::rollup::writer::roll_once;
 use crate::rollup::RollupConfig;
+use crate::rollup::Rollups;
+use crate::sites::{SiteStore, Sites};
 use verbatim_schema::Offset;
 
 const T0: i64 = 1_700_000_000; // 2023-11-14T22:13:20Z
@@ -57,8 +60,8 @@ fn fixture(rolled: u64, config: SqlConfig) -> Fixture {
     commit(&mut w, end).expect("commit");
     let index = SearchIndex::new(index, fields, Arc::new(IndexMetrics::default()), 1).expect("index");
     index.reader.reload().expect("reload");
-    let engine =
-        SqlEngine::new(rollups.clone(), log.reader(), blocks, index, SearchConfig::default(), config).expect("engine");
+    let own = SiteStore { site: "test".into(), log: log.reader(), index, rollups: rollups.clone() };
+    let engine = SqlEngine::new(Sites::local(own), blocks, SearchConfig::default(), config).expect("engine");
     Fixture { _tmp: tmp, log, rollups, engine }
 }
 
@@ -156,7 +159,7 @@ async fn golden_results_span_the_rollups_and_the_log_tail() {
 async fn search_is_a_table_to_join() {
     let f = fixture(3, SqlConfig::default());
     let got = table(&f, "SELECT s.\"offset\", s.participants, s.conversation_id, e.network, s.score > 0 AS scored \
-                          FROM search('hours OR hello') s JOIN events e ON s.\"offset\" = e.\"offset\" ORDER BY s.\"offset\"").await;
+                          FROM search('hours OR hello') s JOIN events e ON s.site = e.site AND s.\"offset\" = e.\"offset\" ORDER BY s.\"offset\"").await;
     let want = "
 +--------+----------------+-----------------+---------+--------+
 | offset | participants   | conversation_id | network | scored |

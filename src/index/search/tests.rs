@@ -275,3 +275,86 @@ fn add_from_indexes_a_log_range() {
     assert_eq!(records[1].event.from, "alice");
     assert_eq!(records[2].event.body, "page filler number 24");
 }
+
+#[test]
+fn several_sites_merge_into_one_order_and_their_pages_visit_every_hit_once() {
+    // Three sites with the same offsets and, for the `tie` records, the same
+    // timestamps: only the (key, site, offset) order tells them apart.
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = |site: &str, shift: i64| {
+        let mut records = corpus();
+        for i in 0..5 {
+            records.push(record("irc", "bot", "room", Some("#pages"), &format!("page tie {i}"), 2010, 6));
+        }
+        for r in &mut records {
+            r.site = SiteId::new(site);
+            r.event.ts.instant = UnixNanos(r.event.ts.instant.0 + shift * S);
+        }
+        let mut log = crate::log::Log::open(
+            Arc::new(crate::log::io::MemStorage::new()),
+            std::path::Path::new("/log"),
+            crate::log::LogConfig::default(),
+        )
+        .expect("log");
+        log.append(&mut [records.clone()]).expect("append");
+        let rollups =
+            crate::rollup::Rollups::open(&tmp.path().join(site), Arc::new(crate::metrics::RollupMetrics::default()))
+                .expect("rollups");
+        Arc::new(crate::sites::SiteStore { site: site.into(), log: log.reader(), index: build(&records), rollups })
+    };
+    let stores = vec![store("hq", 0), store("ams", 0), store("nyc", 0)];
+    let cfg = SearchConfig::default();
+    let every = |sort: Sort, limit: usize, q: &str| {
+        let mut cursor = None;
+        let mut out: Vec<(String, u64)> = Vec::new();
+        let mut total = None;
+        loop {
+            let req = SearchRequest { q: q.into(), filters: Filters::default(), sort, limit, cursor: cursor.clone() };
+            let r = search_sites(&stores, &cfg, &req).expect("page");
+            assert!(r.hits.len() <= limit);
+            assert_eq!(*total.get_or_insert(r.total), r.total, "the total is the same on every page");
+            out.extend(r.hits.iter().map(|h| (stores[h.store].site.clone(), h.found.offset.0)));
+            match r.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => return (out, total.unwrap_or(0)),
+            }
+            assert!(out.len() < 1000, "pagination does not end");
+        }
+    };
+    let (one_page, total) = every(Sort::Time, 1000, "page");
+    assert_eq!(total, 3 * 30);
+    assert_eq!(one_page.len(), 90);
+    // Newest first; at equal time the greater site id, then the greater offset.
+    assert_eq!(&one_page[..3], &[("nyc".into(), 33), ("hq".into(), 33), ("ams".into(), 33)]);
+    let ties: Vec<(String, u64)> = one_page.iter().filter(|(_, o)| (34..39).contains(o)).take(6).cloned().collect();
+    assert_eq!(
+        ties,
+        [
+            ("nyc".into(), 38),
+            ("nyc".into(), 37),
+            ("nyc".into(), 36),
+            ("nyc".into(), 35),
+            ("nyc".into(), 34),
+            ("hq".into(), 38)
+        ]
+    );
+    for limit in [1, 4, 7, 30] {
+        assert_eq!(every(Sort::Time, limit, "page").0, one_page, "pages of {limit}");
+    }
+    let (best, _) = every(Sort::Relevance, 1000, "page OR quick");
+    for limit in [1, 6] {
+        let paged = every(Sort::Relevance, limit, "page OR quick").0;
+        assert_eq!(paged, best, "relevance pages of {limit}");
+    }
+    // A site filter is a clause like the others.
+    let req = SearchRequest {
+        q: "quick".into(),
+        filters: Filters { site: Some("AMS".into()), ..Filters::default() },
+        ..SearchRequest::default()
+    };
+    let r = search_sites(&stores, &cfg, &req).expect("site filter");
+    assert_eq!(r.total, 3);
+    assert!(r.hits.iter().all(|h| stores[h.store].site == "ams"));
+    let bad = SearchRequest { q: "page".into(), cursor: Some("t.1.2".into()), ..SearchRequest::default() };
+    assert!(matches!(search_sites(&stores, &cfg, &bad), Err(SearchError::Bad(_))));
+}
