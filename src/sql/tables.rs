@@ -5,8 +5,9 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
+use arrow::array::RecordBatch;
 use arrow::array::{Array, ArrayRef, Int64Array, StringArray};
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::Session;
 use datafusion::common::{project_schema, DataFusionError, Result};
@@ -26,6 +27,27 @@ use verbatim_schema::Offset;
 use crate::log::cache::BlockCache;
 use crate::rollup::{events_batch, events_schema, Manifest};
 use crate::sites::{SiteStore, Sites};
+
+/// The `events` columns as scans produce them: the rollup schema with its
+/// text columns as `Utf8View`, which the Parquet reader fills without a copy
+/// per value and which grouping and comparisons take directly (DataFusion's
+/// own default for Parquet).
+pub fn scan_schema() -> SchemaRef {
+    static SCHEMA: std::sync::OnceLock<SchemaRef> = std::sync::OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            let fields: Vec<Field> = events_schema()
+                .fields()
+                .iter()
+                .map(|f| match f.data_type() {
+                    DataType::Utf8 => f.as_ref().clone().with_data_type(DataType::Utf8View),
+                    _ => f.as_ref().clone(),
+                })
+                .collect();
+            Arc::new(Schema::new(fields))
+        })
+        .clone()
+}
 
 /// A manifest and the listing table of its files.
 type Listing = (Arc<Manifest>, Arc<ListingTable>);
@@ -63,7 +85,7 @@ impl EventsColumns {
             .collect::<Result<Vec<_>>>()?;
         let options = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
         let config =
-            ListingTableConfig::new_with_multi_paths(urls).with_listing_options(options).with_schema(events_schema());
+            ListingTableConfig::new_with_multi_paths(urls).with_listing_options(options).with_schema(scan_schema());
         let table = Arc::new(ListingTable::try_new(config)?);
         cached.insert(store.site.clone(), (m.clone(), table.clone()));
         Ok(Some(table))
@@ -89,14 +111,21 @@ impl EventsColumns {
         }
         let rows: Vec<_> = records.iter().map(|(o, r)| (*o, r)).collect();
         let batch = events_batch(&rows).map_err(|e| DataFusionError::External(e.into()))?;
-        MemTable::try_new(events_schema(), vec![vec![batch]])
+        let columns = batch
+            .columns()
+            .iter()
+            .zip(scan_schema().fields())
+            .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let batch = RecordBatch::try_new(scan_schema(), columns)?;
+        MemTable::try_new(scan_schema(), vec![vec![batch]])
     }
 }
 
 #[async_trait]
 impl TableProvider for EventsColumns {
     fn schema(&self) -> SchemaRef {
-        events_schema()
+        scan_schema()
     }
 
     fn table_type(&self) -> TableType {
@@ -126,7 +155,7 @@ impl TableProvider for EventsColumns {
             parts.push(tail.scan(state, projection, filters, limit).await?);
         }
         match parts.len() {
-            0 => Ok(Arc::new(EmptyExec::new(project_schema(&events_schema(), projection)?))),
+            0 => Ok(Arc::new(EmptyExec::new(project_schema(&scan_schema(), projection)?))),
             _ => UnionExec::try_new(parts),
         }
     }
