@@ -79,8 +79,18 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
                 search_threads: config.search.threads,
             };
             let sites = Sites::hq(own, stores);
+            // A replica's derived stores failing to open must not stop HQ
+            // from receiving: the site is then missing from search and SQL
+            // (its status shows no `index`) until they are rebuilt.
             for (site, reader) in replicas.readers() {
-                sites.attach(&site, reader)?;
+                if let Err(e) = sites.attach(&site, reader) {
+                    tracing::error!(
+                        site,
+                        error = %format!("{e:#}"),
+                        "the index or rollups of a replicated site cannot be opened; stop HQ and delete {} to rebuild them",
+                        data.sites().join(&site).display()
+                    );
+                }
             }
             sites
         }

@@ -299,6 +299,22 @@ fn a_site_ships_100k_events_to_hq_through_kills_of_either_side_and_hq_holds_the_
         .output()
         .expect("check");
     assert!(out.status.success(), "check: {}{}", stdout(&out), stderr(&out));
+
+    // HQ's view of the site is derived: damaged, HQ still starts and holds
+    // the replica; deleted, it is rebuilt from the replica.
+    let derived = hq_dir.join("sites").join(SITE);
+    std::fs::write(derived.join("index").join("meta.json"), b"{ torn").expect("damage");
+    let hq = start(&hq_dir, hq_addr, &hq_env());
+    let st = status(&hq, &hq_admin);
+    assert_eq!(st["replicas"][0]["high_water"].as_u64(), Some(head), "{st}");
+    assert!(st["replicas"][0].get("index").is_none(), "no index is served for the site: {st}");
+    let (st, _) = hq.stop();
+    assert!(st.success());
+    std::fs::remove_dir_all(&derived).expect("delete the derived stores");
+    let hq = start(&hq_dir, hq_addr, &hq_env());
+    global_view(&hq, &hq_admin, &hq_auditor, head);
+    let (st, err) = hq.stop();
+    assert!(st.success(), "{err}");
 }
 
 #[test]
