@@ -56,12 +56,8 @@ fn offsets(v: &Value) -> Vec<u64> {
 
 #[test]
 fn search_transcripts_status_and_every_read_audited() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let data = tmp.path().join("data");
-    let ingest = create_token(&data, "ingest", Some("proxy-*"));
-    let auditor = create_token(&data, "auditor", None);
-    let server = Server::start(&data);
-    let admin = std::fs::read_to_string(data.join("admin.token")).expect("admin.token").trim().to_string();
+    // Fields bind in order and drop in reverse: the server stops before the directory goes.
+    let Archive { tmp: _tmp, data, server, ingest, auditor, admin } = Archive::start();
     let mut body = String::new();
     body += &event("proxy-1", 1, "irc", "alice", "bob", Some("#ops"), "The quick brown fox jumps over the lazy dog");
     body += &event("proxy-1", 2, "irc", "bob", "alice", Some("#ops"), "quick question: is the deploy done?");

@@ -66,12 +66,8 @@ fn audit_sql_records(data: &std::path::Path) -> Vec<Value> {
 
 #[test]
 fn sql_over_http_cli_and_postgres_with_every_query_audited() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let data = tmp.path().join("data");
-    let ingest = create_token(&data, "ingest", Some("proxy-*"));
-    let auditor = create_token(&data, "auditor", None);
-    let server = Server::start(&data);
-    let admin = std::fs::read_to_string(data.join("admin.token")).expect("admin.token").trim().to_string();
+    // Fields bind in order and drop in reverse: the server stops before the directory goes.
+    let Archive { tmp: _tmp, data, server, ingest, auditor, admin } = Archive::start();
     let mut body = String::new();
     for seq in 1..=40 {
         body += &event(seq, "irc", "alice", "bob", &format!("message {seq}"));

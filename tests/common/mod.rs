@@ -207,3 +207,28 @@ pub fn segment_files(data: &Path) -> Vec<String> {
     names.sort();
     names
 }
+
+/// A fresh archive in a temporary directory with its server running, and
+/// the tokens the read-path tests use.
+pub struct Archive {
+    pub tmp: tempfile::TempDir,
+    pub data: PathBuf,
+    pub server: Server,
+    /// Bound to sources `proxy-*`.
+    pub ingest: String,
+    pub auditor: String,
+    /// The first admin token, from `<data>/admin.token`.
+    pub admin: String,
+}
+
+impl Archive {
+    pub fn start() -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data = tmp.path().join("data");
+        let ingest = create_token(&data, "ingest", Some("proxy-*"));
+        let auditor = create_token(&data, "auditor", None);
+        let server = Server::start(&data);
+        let admin = std::fs::read_to_string(data.join("admin.token")).expect("admin.token").trim().to_string();
+        Self { tmp, data, server, ingest, auditor, admin }
+    }
+}
