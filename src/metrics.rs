@@ -156,6 +156,7 @@ pub struct ReplicationMetrics {
     pub replica_lag_seconds: SiteGaugeF64,
     pub replica_forks: SiteGauge,
     pub replica_index_watermark: SiteGauge,
+    pub replica_index_consistent: SiteGauge,
     pub replica_rollup_watermark: SiteGauge,
 }
 
@@ -180,11 +181,15 @@ impl ReplicationMetrics {
         }
     }
 
-    /// HQ: how far a replicated site's index and rollups cover its replica log.
-    pub fn set_replica_derived(&self, site: &str, index_watermark: u64, rollup_watermark: u64) {
-        let l = vec![("site".to_string(), site.to_string())];
-        self.replica_index_watermark.get_or_create(&l).set(index_watermark as i64);
-        self.replica_rollup_watermark.get_or_create(&l).set(rollup_watermark as i64);
+    /// HQ: how far a replicated site's index and rollups cover its replica
+    /// log, and whether its index's last reconciliation and commit were good.
+    pub fn set_replica_derived(&self, store: &crate::sites::SiteStore) {
+        let l = vec![("site".to_string(), store.site.clone())];
+        let ix = store.index.state();
+        let healthy = ix.error.is_none() && ix.last_reconciliation.as_ref().is_none_or(|r| r.ok);
+        self.replica_index_watermark.get_or_create(&l).set(ix.watermark as i64);
+        self.replica_index_consistent.get_or_create(&l).set(i64::from(healthy));
+        self.replica_rollup_watermark.get_or_create(&l).set(store.rollups.watermark().0 as i64);
     }
 }
 
@@ -320,6 +325,11 @@ impl Metrics {
             "replica_index_watermark",
             "HQ: log offset below which a replicated site is indexed, per site",
             p.replica_index_watermark.clone(),
+        );
+        r.register(
+            "replica_index_consistent",
+            "HQ: 1 if a replicated site's index matched its replica at the last reconciliation and its last commit succeeded, per site",
+            p.replica_index_consistent.clone(),
         );
         r.register(
             "replica_rollup_watermark",

@@ -102,6 +102,7 @@ fn global_view(hq: &Server, admin: &str, auditor: &str, head: u64) {
     }
     let (_, metrics) = hq.get_with("/metrics", admin).expect("metrics");
     assert!(metrics.contains(&format!("verbatim_replica_index_watermark{{site=\"{SITE}\"}} {head}")), "{metrics}");
+    assert!(metrics.contains(&format!("verbatim_replica_index_consistent{{site=\"{SITE}\"}} 1")), "{metrics}");
     let search = |q: &str| -> Value {
         let (code, body) = hq.get_with(&format!("/v1/search?{q}"), auditor).expect("search");
         assert_eq!(code, 200, "{q}: {body}");

@@ -101,8 +101,7 @@ async fn metrics(State(s): State<Arc<AppState>>, caller: Caller) -> Result<Respo
         if let Some(r) = &st.replicas {
             st.metrics.replication.set_replicas(&r.status());
             for store in st.sites.all().iter().skip(1) {
-                let rw = store.rollups.watermark().0;
-                st.metrics.replication.set_replica_derived(&store.site, store.index.state().watermark, rw);
+                st.metrics.replication.set_replica_derived(store);
             }
         }
     })

@@ -422,7 +422,7 @@ pub async fn get_status(State(s): State<Arc<AppState>>, caller: Caller) -> Resul
                         if let Some(store) = st.sites.get(&x.site).filter(|_| x.site != st.site.as_str()) {
                             let ix = store.index.state();
                             let rw = store.rollups.watermark().0;
-                            st.metrics.replication.set_replica_derived(&x.site, ix.watermark, rw);
+                            st.metrics.replication.set_replica_derived(&store);
                             v["index"] = json!({
                                 "watermark": ix.watermark,
                                 "docs": ix.docs,
