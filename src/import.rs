@@ -95,6 +95,7 @@ pub fn import_file(
             log,
             seq,
             vec![(std::mem::take(&mut batch), Box::new(move |r| *slot.lock().expect("slot") = Some(r)))],
+            &|| {},
         );
         let outcome: Result<Appended, AppendError> =
             result.lock().expect("slot").take().unwrap_or_else(|| Err(AppendError::Unavailable("no answer".into())));

@@ -296,6 +296,7 @@ mod tests {
                 log,
                 self.seq.as_mut().expect("seq"),
                 vec![(vec![r], Box::new(|r| assert!(r.is_ok(), "{r:?}")))],
+                &|| {},
             );
             log.reader().get(offset).expect("read").conversation_id.map(|c| c.0)
         }

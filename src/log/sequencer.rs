@@ -81,7 +81,15 @@ pub type Reply = Box<dyn FnOnce(Result<Appended, AppendError>) + Send>;
 /// The caller keeps a group within the block limit by
 /// [`verbatim_schema::codec::encoded_len_bound`], so only a group of one batch
 /// can be too large, and that batch gets [`AppendError::TooLarge`].
-pub fn write_group(log: &mut Log, seq: &mut dyn Sequencer, group: Vec<(Vec<Record>, Reply)>) -> Option<BlockStats> {
+/// `on_log_failure` runs when the log stops after a failed write or fsync,
+/// before any appender hears of it, so that health checks already show the
+/// failure when a client sees its 503.
+pub fn write_group(
+    log: &mut Log,
+    seq: &mut dyn Sequencer,
+    group: Vec<(Vec<Record>, Reply)>,
+    on_log_failure: &dyn Fn(),
+) -> Option<BlockStats> {
     let mut next = log.head();
     let mut batches = Vec::with_capacity(group.len());
     let mut answers = Vec::with_capacity(group.len());
@@ -110,6 +118,9 @@ pub fn write_group(log: &mut Log, seq: &mut dyn Sequencer, group: Vec<(Vec<Recor
         }
         Err(e) => {
             seq.abort();
+            if log.failure().is_some() {
+                on_log_failure();
+            }
             let err = match &e {
                 LogError::BatchTooLarge { .. } => AppendError::TooLarge(e.to_string()),
                 _ => AppendError::Unavailable(e.to_string()),
