@@ -201,18 +201,8 @@ pub async fn get_search(
     let n = out.hits.len();
     let st = s.clone();
     let render = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, SearchError> {
-        // Each site's hits read from its own log, in one pass per site.
-        let mut records: Vec<Option<Record>> = out.hits.iter().map(|_| None).collect();
-        for (i, store) in stores.iter().enumerate() {
-            let (at, offsets): (Vec<usize>, Vec<Offset>) =
-                out.hits.iter().enumerate().filter(|(_, h)| h.store == i).map(|(k, h)| (k, h.found.offset)).unzip();
-            if offsets.is_empty() {
-                continue;
-            }
-            for (k, r) in at.into_iter().zip(st.blocks.records(&store.log, &offsets)?) {
-                records[k] = Some(r);
-            }
-        }
+        let at: Vec<(usize, Offset)> = out.hits.iter().map(|h| (h.store, h.found.offset)).collect();
+        let records = crate::sites::records(&stores, &st.blocks, &at)?;
         let mut snippets = Vec::with_capacity(out.parts.len());
         for (query, searcher) in &out.parts {
             let mut g = SnippetGenerator::create(searcher, &**query, st.index.fields.body)?;
@@ -223,13 +213,10 @@ pub async fn get_search(
             .hits
             .iter()
             .zip(&records)
-            .filter_map(|(h, rec)| {
-                let rec = rec.as_ref()?;
-                Some(HitJson {
-                    event: EventJson::new(h.found.offset, rec),
-                    snippet: snippets[h.store].snippet(&rec.event.body).to_html(),
-                    score: h.found.score,
-                })
+            .map(|(h, rec)| HitJson {
+                event: EventJson::new(h.found.offset, rec),
+                snippet: snippets[h.store].snippet(&rec.event.body).to_html(),
+                score: h.found.score,
             })
             .collect();
         let answer = SearchJson {

@@ -15,11 +15,11 @@ use datafusion::catalog::{TableFunctionArgs, TableFunctionImpl};
 use datafusion::common::{plan_err, DataFusionError, Result, ScalarValue};
 use datafusion::datasource::{MemTable, TableProvider};
 use datafusion::logical_expr::Expr;
-use verbatim_schema::{Offset, Record};
+use verbatim_schema::Offset;
 
 use crate::index::search::{search_sites, Filters, SearchConfig, SearchRequest, Sort};
 use crate::log::cache::BlockCache;
-use crate::sites::{SiteStore, Sites};
+use crate::sites::{records, SiteStore, Sites};
 
 #[derive(Debug)]
 pub struct SearchFunction {
@@ -89,18 +89,8 @@ impl TableFunctionImpl for SearchFunction {
         }
         let stores = self.sites.all();
         let hits = self.hits(&stores, q, limit)?;
-        let mut records: Vec<Option<Record>> = hits.iter().map(|_| None).collect();
-        for (i, store) in stores.iter().enumerate() {
-            let (at, offsets): (Vec<usize>, Vec<Offset>) =
-                hits.iter().enumerate().filter(|(_, h)| h.0 == i).map(|(k, h)| (k, h.1)).unzip();
-            if offsets.is_empty() {
-                continue;
-            }
-            let got = self.blocks.records(&store.log, &offsets).map_err(|e| DataFusionError::External(Box::new(e)))?;
-            for (k, r) in at.into_iter().zip(got) {
-                records[k] = Some(r);
-            }
-        }
+        let at: Vec<(usize, Offset)> = hits.iter().map(|(i, o, _)| (*i, *o)).collect();
+        let records = records(&stores, &self.blocks, &at).map_err(|e| DataFusionError::External(Box::new(e)))?;
         let mut site = StringBuilder::new();
         let mut offset = Int64Builder::new();
         let mut ts = TimestampNanosecondBuilder::new().with_timezone("UTC");
@@ -108,9 +98,6 @@ impl TableFunctionImpl for SearchFunction {
         let mut participants = ListBuilder::new(StringBuilder::new());
         let mut score = Float32Builder::new();
         for ((_, o, s), r) in hits.iter().zip(&records) {
-            let Some(r) = r else {
-                return Err(DataFusionError::Internal(format!("search(): no record at offset {o}")));
-            };
             // The record's own site, as `events.site` shows it.
             site.append_value(r.site.as_str());
             offset.append_value(o.0 as i64);
