@@ -84,12 +84,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             // (its status shows no `index`) until they are rebuilt.
             for (site, reader) in replicas.readers() {
                 if let Err(e) = sites.attach(&site, reader) {
-                    tracing::error!(
-                        site,
-                        error = %format!("{e:#}"),
-                        "the index or rollups of a replicated site cannot be opened; stop HQ and delete {} to rebuild them",
-                        data.sites().join(&site).display()
-                    );
+                    tracing::error!(site, "{e:#}");
                 }
             }
             sites

@@ -9,7 +9,7 @@
 //! conversation is named by (site, id).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use anyhow::Context;
@@ -136,23 +136,14 @@ impl Sites {
             return Ok(());
         }
         let dir = cfg.dir.join(site);
-        let (index, fields) =
-            crate::index::open(&dir.join("index")).with_context(|| format!("opening the index of site {site}"))?;
-        let index = SearchIndex::new(index, fields, Arc::new(IndexMetrics::default()), cfg.search_threads)?;
-        let rollups = Rollups::open(&dir.join("rollup"), Arc::new(RollupMetrics::default()))
-            .with_context(|| format!("opening the rollups of site {site}"))?;
-        let indexer = Indexer::start(index.clone(), log.clone(), cfg.index.clone())
-            .with_context(|| format!("starting the indexer of site {site}"))?;
-        let rollup = match RollupWriter::start(rollups.clone(), log.clone(), cfg.rollup.clone()) {
-            Ok(r) => r,
-            Err(e) => {
-                indexer.stop();
-                return Err(e.context(format!("starting the rollups of site {site}")));
-            }
-        };
+        let (store, indexer, rollup) = start_store(cfg, site, &dir, log).with_context(|| {
+            format!(
+                "serving reads of replicated site {site}; if this persists, stop HQ and delete {} to rebuild them",
+                dir.display()
+            )
+        })?;
         workers.push((indexer, rollup));
         info!(site, dir = %dir.display(), "serving a replicated site: indexing and rolling up its log");
-        let store = Arc::new(SiteStore { site: site.to_owned(), log, index, rollups });
         self.replicas.write().unwrap_or_else(|p| p.into_inner()).insert(site.to_owned(), store);
         Ok(())
     }
@@ -165,4 +156,28 @@ impl Sites {
             rollup.stop();
         }
     }
+}
+
+/// Opens (creating if needed) the index and rollups of `site` under `dir` and
+/// starts their indexer and rollup writer on `log`.
+fn start_store(
+    cfg: &ReplicaStores,
+    site: &str,
+    dir: &Path,
+    log: LogReader,
+) -> anyhow::Result<(Arc<SiteStore>, Indexer, RollupWriter)> {
+    let (index, fields) = crate::index::open(&dir.join("index")).context("opening the index")?;
+    let index = SearchIndex::new(index, fields, Arc::new(IndexMetrics::default()), cfg.search_threads)?;
+    let rollups =
+        Rollups::open(&dir.join("rollup"), Arc::new(RollupMetrics::default())).context("opening the rollups")?;
+    let indexer = Indexer::start(index.clone(), log.clone(), cfg.index.clone()).context("starting the indexer")?;
+    let rollup = match RollupWriter::start(rollups.clone(), log.clone(), cfg.rollup.clone()) {
+        Ok(r) => r,
+        Err(e) => {
+            indexer.stop();
+            return Err(e.context("starting the rollup writer"));
+        }
+    };
+    let store = Arc::new(SiteStore { site: site.to_owned(), log, index, rollups });
+    Ok((store, indexer, rollup))
 }

@@ -97,13 +97,7 @@ pub async fn post_blocks(
                     let name = site.clone();
                     let attached = tokio::task::spawn_blocking(move || sites.attach(&name, reader)).await;
                     if let Ok(Err(e)) = attached {
-                        let dir = s.data_dir.join("sites").join(&site);
-                        tracing::error!(
-                            site,
-                            error = %format!("{e:#}"),
-                            "cannot serve reads of a replicated site yet; if this repeats, stop HQ and delete {}",
-                            dir.display()
-                        );
+                        tracing::error!(site, "{e:#}");
                     }
                 }
             }

@@ -228,17 +228,19 @@ impl Replicas {
         Some(r.log.reader())
     }
 
+    /// The sites held, copied out so that no replica is locked under the map's lock.
+    fn snapshot(&self) -> Vec<(String, Arc<Mutex<Replica>>)> {
+        lock(&self.sites).iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
     /// Every site HQ holds a replica log of, with a reader of it.
     pub fn readers(&self) -> Vec<(String, LogReader)> {
-        let sites: Vec<(String, Arc<Mutex<Replica>>)> =
-            lock(&self.sites).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        sites.into_iter().map(|(site, r)| (site, lock(&r).log.reader())).collect()
+        self.snapshot().into_iter().map(|(site, r)| (site, lock(&r).log.reader())).collect()
     }
 
     /// Per-site replication status, for `/v1/status` and `/metrics`.
     pub fn status(&self) -> Vec<SiteStatus> {
-        let sites: Vec<(String, Arc<Mutex<Replica>>)> =
-            lock(&self.sites).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let sites = self.snapshot();
         let now = UnixNanos::now().0;
         sites
             .into_iter()
