@@ -11,6 +11,12 @@ PACKAGES=(
   clang         # bindgen finds the C++ standard headers through it
   fiu-utils     # fiu-run/fiu-ctrl: make fdatasync fail under the real server
   postgresql-client  # psql against the Postgres wire protocol endpoint
+  ngircd        # a real IRC server behind the capture proxy
+  ii            # a real, scriptable IRC client (FIFO in, file out)
+  proxychains4  # sends ii through the proxy's SOCKS5 port
+  prosody       # a real XMPP server behind the capture proxy
+  python3-slixmpp  # a real XMPP client library
+  sip-tester    # sipp, sending SIP MESSAGE to the listener
 )
 
 missing=()

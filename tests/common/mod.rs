@@ -232,3 +232,86 @@ impl Archive {
         Self { tmp, data, server, ingest, auditor, admin }
     }
 }
+
+/// The `verbatim-proxy` binary of the `ingest` package, built beside this
+/// test's binary by `cargo test --workspace`.
+pub fn proxy_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("verbatim-proxy");
+    assert!(bin.exists(), "{} is missing: run the tests with `cargo test --workspace`", bin.display());
+    bin
+}
+
+/// A process a test started (a peer server, a client, a front end), killed
+/// by PID when dropped.
+pub struct Peer {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Peer {
+    pub fn spawn(name: &str, cmd: &mut Command) -> Peer {
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Peer { child, name: name.to_owned() }
+    }
+
+    /// Waits until `addr` accepts connections (or the process has exited).
+    pub fn wait_listening(&mut self, addr: SocketAddr) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("{} exited before listening on {addr}: {status}", self.name);
+            }
+            if TcpStream::connect(addr).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("{} did not listen on {addr}", self.name);
+    }
+
+    /// SIGTERM, by PID, and wait.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        self.child.wait().expect("wait")
+    }
+
+    /// SIGKILL, by PID, and wait.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits for `check` to hold, polling; panics with `what` after `secs`.
+pub fn wait_until(secs: u64, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out after {secs} s waiting for {what}");
+}
+
+/// `POST /v1/sql` as JSON: the rows.
+pub fn sql_rows(server: &Server, token: &str, sql: &str) -> Vec<serde_json::Value> {
+    let body = serde_json::json!({ "sql": sql }).to_string();
+    let auth = format!("Bearer {token}");
+    let (status, _, answer) = server
+        .request("POST", "/v1/sql", &[("Authorization", &auth), ("Content-Type", "application/json")], body.as_bytes())
+        .expect("sql request");
+    assert_eq!(status, 200, "{sql}: {answer}");
+    let v: serde_json::Value = serde_json::from_str(&answer).expect("sql json");
+    v["rows"].as_array().cloned().unwrap_or_default()
+}
