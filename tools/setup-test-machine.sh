@@ -17,6 +17,7 @@ PACKAGES=(
   prosody       # a real XMPP server behind the capture proxy
   python3-slixmpp  # a real XMPP client library
   sip-tester    # sipp, sending SIP MESSAGE to the listener
+  openssl       # a self-signed certificate, so prosody offers STARTTLS
 )
 
 missing=()

@@ -2,7 +2,10 @@
 """A scriptable XMPP client for the capture tests, on slixmpp (Debian's
 python3-slixmpp). Run it under proxychains4 to go through a SOCKS5 proxy.
 
-    xmpp-client.py JID PASSWORD HOST PORT
+    xmpp-client.py JID PASSWORD HOST PORT [notls]
+
+`notls` skips STARTTLS even when the server offers it (a client that
+connects to a test server with a self-signed certificate directly).
 
 Reads commands on stdin, one per line (arguments tab-separated):
     msg<TAB>JID<TAB>TEXT      a chat message
@@ -62,6 +65,7 @@ class Client(slixmpp.ClientXMPP):
 
 def main():
     jid, password, host, port = sys.argv[1:5]
+    notls = sys.argv[5:6] == ["notls"]
     client = Client(jid, password)
     loop = asyncio.get_event_loop()
 
@@ -71,7 +75,7 @@ def main():
         loop.call_soon_threadsafe(client.disconnect)
 
     threading.Thread(target=read_stdin, daemon=True).start()
-    client.connect(address=(host, int(port)), force_starttls=False, disable_starttls=False)
+    client.connect(address=(host, int(port)), force_starttls=False, disable_starttls=notls)
     loop.run_until_complete(client.disconnected)
 
 

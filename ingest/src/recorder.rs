@@ -257,9 +257,12 @@ impl Recorder {
         self.shared.stop.store(true, Ordering::SeqCst);
         let _ = self.tx.send(Request::Stop);
         self.shared.durable.1.notify_all();
+        // Only the spool thread is waited for (it closes the spool); the
+        // sender may be inside a request, whose answer no longer matters:
+        // what it sent is sent again after the next start.
         let threads = std::mem::take(&mut *lock(&self.threads));
-        for t in threads {
-            let _ = t.join();
+        if let Some(spool) = threads.into_iter().next() {
+            let _ = spool.join();
         }
     }
 }

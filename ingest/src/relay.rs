@@ -171,8 +171,9 @@ impl Conn {
         let user = self.user();
         let network = lock(&self.session).network();
         let mut notices = Vec::new();
+        let mut disclaimers = Vec::new();
+        self.disclaimers(&units, &user, now, &mut notices, &mut disclaimers);
         let mut extra = Vec::new();
-        self.disclaimers(&units, &user, now, &mut notices, &mut extra);
         for u in &units {
             if let Some(why) = &u.undecoded {
                 let gap = Capture::new(network, "gap", &user).attr("gap.flow", flow.as_str());
@@ -183,7 +184,8 @@ impl Conn {
         let mut forward = Vec::new();
         match self.config.logging {
             Logging::Relaxed => {
-                let mut all = events;
+                let mut all = disclaimers;
+                all.extend(events);
                 all.extend(extra);
                 if !all.is_empty() {
                     match self.recorder.mode() {
@@ -195,6 +197,9 @@ impl Conn {
                 units.into_iter().for_each(|u| forward.extend(u.bytes));
             }
             Logging::Strict => {
+                if !disclaimers.is_empty() {
+                    self.recorder.submit(disclaimers);
+                }
                 let has_chat = units.iter().any(|u| u.captures.iter().any(Capture::is_chat));
                 let recorded = if events.is_empty() {
                     Ok(())

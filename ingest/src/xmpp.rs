@@ -107,7 +107,9 @@ impl Framer {
                 }
                 (TagKind::Open, _) => self.depth += 1,
                 (TagKind::Empty, 1) => out.push(Frame::Stanza(self.take())),
-                (TagKind::Empty | TagKind::Close, 0) => {
+                // slixmpp closes a restarted stream twice: harmless, passed on.
+                (TagKind::Close, 0) => out.push(Frame::Other(self.take())),
+                (TagKind::Empty, 0) => {
                     return (out, Some(FrameError::Malformed("an element outside the stream".into())))
                 }
                 (TagKind::Close, 1) => {
@@ -437,6 +439,7 @@ impl Session for XmppSession {
                 FrameError::Malformed(m) => format!("XMPP stream not well-formed ({m}); the rest was not decoded"),
             };
             let bytes = self.framers[side].rest();
+            tracing::debug!(flow = flow.as_str(), "{why}: {}", String::from_utf8_lossy(&bytes));
             units.push(Unit { bytes, opaque: true, undecoded: Some(why), ..Unit::default() });
         }
         units
