@@ -80,8 +80,11 @@ impl Ii {
         let mut cmd = match socks {
             Some(s) => {
                 let conf = dir.join(format!("proxychains-{nick}.conf"));
-                std::fs::write(&conf, format!("strict_chain\nquiet_mode\n[ProxyList]\nsocks5 {} {}\n", s.ip(), s.port()))
-                    .expect("proxychains conf");
+                std::fs::write(
+                    &conf,
+                    format!("strict_chain\nquiet_mode\n[ProxyList]\nsocks5 {} {}\n", s.ip(), s.port()),
+                )
+                .expect("proxychains conf");
                 let mut c = Command::new("proxychains4");
                 c.arg("-f").arg(conf).arg("ii");
                 c
@@ -94,7 +97,9 @@ impl Ii {
             .stderr(Stdio::null());
         let peer = Peer::spawn(&format!("ii {nick}"), &mut cmd);
         let ii = Ii { host: base.join(addr.ip().to_string()), _peer: peer };
-        wait_until(30, &format!("{nick} to register"), || ii.read("out").contains("Welcome to the Internet Relay Network"));
+        wait_until(30, &format!("{nick} to register"), || {
+            ii.read("out").contains("Welcome to the Internet Relay Network")
+        });
         ii
     }
 
@@ -163,10 +168,13 @@ fn irc_through_socks5_and_a_routed_listener_is_recorded_both_ways_byte_exact() {
     let archive = Archive::start();
     let dir = archive.tmp.path();
     let ircd = ngircd(dir);
-    let p = proxy(archive.server.addr, &archive.ingest, &dir.join("spool"), ircd.addr, &[
-        "--disclaimer",
-        "This chat is recorded by Verbatim.",
-    ]);
+    let p = proxy(
+        archive.server.addr,
+        &archive.ingest,
+        &dir.join("spool"),
+        ircd.addr,
+        &["--disclaimer", "This chat is recorded by Verbatim."],
+    );
     let alice = Ii::start(dir, "alice", ircd.addr, Some(p.socks));
     let bob = Ii::start(dir, "bob", p.route, None);
     let carol = Ii::start(dir, "carol", ircd.addr, None);
@@ -188,7 +196,10 @@ fn irc_through_socks5_and_a_routed_listener_is_recorded_both_ways_byte_exact() {
     bob.msg("carol", "bob to carol, routed");
     carol.msg("bob", "carol to bob");
     wait_until(30, "the private messages to arrive", || {
-        carol.got("alice", "psst") && alice.got("carol", "hi alice") && carol.got("bob", "routed") && bob.got("carol", "carol to bob")
+        carol.got("alice", "psst")
+            && alice.got("carol", "hi alice")
+            && carol.got("bob", "routed")
+            && bob.got("carol", "carol to bob")
     });
 
     // A 10 KB line and garbage on the SOCKS port do not take the proxy down.
@@ -301,14 +312,13 @@ fn strict_mode_with_the_server_down_relays_no_unrecorded_chat() {
     let late = LateArchive::new();
     let dir = late.tmp.path();
     let ircd = ngircd(dir);
-    let p = proxy(late.addr, &late.ingest, &dir.join("spool"), ircd.addr, &[
-        "--mode",
-        "strict",
-        "--spool-mode",
-        "express",
-        "--strict-wait-ms",
-        "2000",
-    ]);
+    let p = proxy(
+        late.addr,
+        &late.ingest,
+        &dir.join("spool"),
+        ircd.addr,
+        &["--mode", "strict", "--spool-mode", "express", "--strict-wait-ms", "2000"],
+    );
     let alice = Ii::start(dir, "alice", p.route, None);
     let carol = Ii::start(dir, "carol", ircd.addr, None);
     for i in 0..3 {
@@ -329,7 +339,8 @@ fn strict_mode_with_the_server_down_relays_no_unrecorded_chat() {
         messages(&server, &late.auditor, "message").iter().any(|r| body_of(r) == "recorded-then-sent")
     });
     // What was spooled but never relayed is in the archive, marked withheld.
-    let withheld: Vec<String> = messages(&server, &late.auditor, "withheld").iter().map(|r| body_of(r).to_owned()).collect();
+    let withheld: Vec<String> =
+        messages(&server, &late.auditor, "withheld").iter().map(|r| body_of(r).to_owned()).collect();
     for i in 0..3 {
         assert!(withheld.contains(&format!("blocked-{i}")), "{withheld:?}");
     }
@@ -343,14 +354,13 @@ fn relaxed_mode_keeps_chat_flowing_and_names_what_the_full_spool_lost() {
     let late = LateArchive::new();
     let dir = late.tmp.path();
     let ircd = ngircd(dir);
-    let p = proxy(late.addr, &late.ingest, &dir.join("spool"), ircd.addr, &[
-        "--mode",
-        "relaxed",
-        "--spool-mode",
-        "recoverable",
-        "--spool-max-bytes",
-        "4000",
-    ]);
+    let p = proxy(
+        late.addr,
+        &late.ingest,
+        &dir.join("spool"),
+        ircd.addr,
+        &["--mode", "relaxed", "--spool-mode", "recoverable", "--spool-max-bytes", "4000"],
+    );
     let alice = Ii::start(dir, "alice", p.route, None);
     let carol = Ii::start(dir, "carol", ircd.addr, None);
     let n = 30;
@@ -362,7 +372,8 @@ fn relaxed_mode_keeps_chat_flowing_and_names_what_the_full_spool_lost() {
 
     let server = late.start();
     wait_until(60, "the gap event", || !messages(&server, &late.auditor, "gap").is_empty());
-    let stored: Vec<String> = messages(&server, &late.auditor, "message").iter().map(|r| body_of(r).to_owned()).collect();
+    let stored: Vec<String> =
+        messages(&server, &late.auditor, "message").iter().map(|r| body_of(r).to_owned()).collect();
     let mut unique = stored.clone();
     unique.sort();
     unique.dedup();

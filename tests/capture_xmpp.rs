@@ -82,25 +82,29 @@ impl Client {
         let mut cmd = match socks {
             Some(s) => {
                 let conf = dir.join(format!("proxychains-{user}.conf"));
-                std::fs::write(&conf, format!("strict_chain\nquiet_mode\n[ProxyList]\nsocks5 {} {}\n", s.ip(), s.port()))
-                    .expect("proxychains conf");
+                std::fs::write(
+                    &conf,
+                    format!("strict_chain\nquiet_mode\n[ProxyList]\nsocks5 {} {}\n", s.ip(), s.port()),
+                )
+                .expect("proxychains conf");
                 let mut c = Command::new("proxychains4");
                 c.arg("-f").arg(conf).arg("/usr/bin/python3");
                 c
             }
             None => Command::new("/usr/bin/python3"),
         };
-        cmd.arg(script)
-            .args([&format!("{user}@{DOMAIN}"), &format!("pw-{user}"), &addr.ip().to_string(), &addr.port().to_string()]);
+        cmd.arg(script).args([
+            &format!("{user}@{DOMAIN}"),
+            &format!("pw-{user}"),
+            &addr.ip().to_string(),
+            &addr.port().to_string(),
+        ]);
         if !proxied {
             // Straight to the server, which offers STARTTLS with a certificate
             // the client cannot check.
             cmd.arg("notls");
         }
-        cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null());
         let mut peer = Peer::spawn(&format!("xmpp client {user}"), &mut cmd);
         let stdin = peer.child.stdin.take().expect("stdin");
         let stdout = peer.child.stdout.take().expect("stdout");
@@ -189,22 +193,36 @@ fn xmpp_through_socks5_and_a_routed_listener_is_recorded_with_starttls_blocked()
         r[0]
     };
     let r = one(a1);
-    assert_eq!((r[0].as_str(), r[1][0].as_str(), r[4].as_str()), (Some("alice@example.test"), Some("carol@example.test"), Some("outbound")));
+    assert_eq!(
+        (r[0].as_str(), r[1][0].as_str(), r[4].as_str()),
+        (Some("alice@example.test"), Some("carol@example.test"), Some("outbound"))
+    );
     let r2 = one("carol to alice");
-    assert_eq!((r2[0].as_str(), r2[1][0].as_str(), r2[4].as_str()), (Some("carol@example.test"), Some("alice@example.test"), Some("inbound")));
+    assert_eq!(
+        (r2[0].as_str(), r2[1][0].as_str(), r2[4].as_str()),
+        (Some("carol@example.test"), Some("alice@example.test"), Some("inbound"))
+    );
     assert_eq!(r[5], r2[5], "one conversation both ways");
     assert_eq!(one("bob to carol, routed")[4], "outbound");
     assert_eq!(one("carol to bob")[4], "inbound");
     assert_ne!(one("carol to bob")[5], r[5]);
 
     // Nothing was lost to TLS: no gap, and both proxied sessions stayed cleartext.
-    let gaps = sql_rows(&archive.server, &archive.auditor, "SELECT body FROM events WHERE source = 'proxy-xmpp' AND kind = 'gap'");
+    let gaps = sql_rows(
+        &archive.server,
+        &archive.auditor,
+        "SELECT body FROM events WHERE source = 'proxy-xmpp' AND kind = 'gap'",
+    );
     assert!(gaps.is_empty(), "{gaps:#?}");
     drop(alice);
     drop(bob);
     wait_until(30, "connection records", || {
-        sql_rows(&archive.server, &archive.auditor, "SELECT sender FROM events WHERE source = 'proxy-xmpp' AND kind = 'connection'")
-            .len()
+        sql_rows(
+            &archive.server,
+            &archive.auditor,
+            "SELECT sender FROM events WHERE source = 'proxy-xmpp' AND kind = 'connection'",
+        )
+        .len()
             >= 2
     });
     let conns = sql_rows(

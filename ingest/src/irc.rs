@@ -86,8 +86,8 @@ impl Decoder {
         let (text, encoding) = text_of(trim_eol(line));
         let Some(m) = parse(&text) else { return Vec::new() };
         let mut out = match flow {
-            Flow::Outbound => self.from_client(&m),
-            Flow::Inbound => self.from_server(&m),
+            Flow::Outbound => self.client_line(&m),
+            Flow::Inbound => self.server_line(&m),
         };
         for c in &mut out {
             c.direction = Some(flow);
@@ -98,7 +98,7 @@ impl Decoder {
         out
     }
 
-    fn from_client(&mut self, m: &Message<'_>) -> Vec<Capture> {
+    fn client_line(&mut self, m: &Message<'_>) -> Vec<Capture> {
         let cmd = m.command.to_ascii_uppercase();
         match cmd.as_str() {
             "NICK" if self.nick.is_none() => {
@@ -113,7 +113,7 @@ impl Decoder {
         }
     }
 
-    fn from_server(&mut self, m: &Message<'_>) -> Vec<Capture> {
+    fn server_line(&mut self, m: &Message<'_>) -> Vec<Capture> {
         let cmd = m.command.to_ascii_uppercase();
         if cmd == "001" {
             self.nick = m.params.first().map(|n| (*n).to_owned());
@@ -148,7 +148,9 @@ impl Decoder {
                 }
                 vec![c]
             }
-            "QUIT" => vec![Capture::new(NETWORK, "leave", who).attr("irc.command", "QUIT").attr("irc.reason", param(0))],
+            "QUIT" => {
+                vec![Capture::new(NETWORK, "leave", who).attr("irc.command", "QUIT").attr("irc.reason", param(0))]
+            }
             "NICK" if !param(0).is_empty() => {
                 let new = param(0);
                 if Some(who) == self.nick.as_deref() {
@@ -236,7 +238,10 @@ mod tests {
         assert_eq!((c.from.as_str(), c.to.clone(), c.channel.clone()), ("alice", vec!["bob".to_owned()], None));
         assert_eq!((c.body.as_deref(), c.direction), (Some("hi bob"), Some(Flow::Outbound)));
         let c = one(&mut d, Flow::Inbound, ":bob!b@h PRIVMSG alice :hi alice\n");
-        assert_eq!((c.from.as_str(), c.to.clone(), c.direction), ("bob", vec!["alice".to_owned()], Some(Flow::Inbound)));
+        assert_eq!(
+            (c.from.as_str(), c.to.clone(), c.direction),
+            ("bob", vec!["alice".to_owned()], Some(Flow::Inbound))
+        );
         let c = one(&mut d, Flow::Inbound, ":bob!b@h PRIVMSG #desk :morning  all ");
         assert_eq!((c.channel.as_deref(), c.body.as_deref()), (Some("#desk"), Some("morning  all ")));
         let c = one(&mut d, Flow::Outbound, "PRIVMSG #desk :\u{1}ACTION waves\u{1}");
@@ -264,10 +269,10 @@ mod tests {
         let c = one(&mut d, Flow::Inbound, ":dave!d@h QUIT :Quit: gone");
         assert_eq!((c.kind.as_str(), c.channel.clone()), ("leave", None));
         let both = d.decode(Flow::Inbound, b":alice!a@h NICK :alicia");
-        assert_eq!(both.iter().map(|c| (c.kind.as_str(), c.from.as_str())).collect::<Vec<_>>(), vec![
-            ("leave", "alice"),
-            ("join", "alicia")
-        ]);
+        assert_eq!(
+            both.iter().map(|c| (c.kind.as_str(), c.from.as_str())).collect::<Vec<_>>(),
+            vec![("leave", "alice"), ("join", "alicia")]
+        );
         assert_eq!(d.nick(), Some("alicia"));
         assert_eq!(one(&mut d, Flow::Outbound, "PRIVMSG bob :x").from, "alicia");
     }
@@ -279,7 +284,10 @@ mod tests {
         let c = one(&mut d, Flow::Outbound, "PRIVMSG #x :\u{202e}évil 🎉 \t tab\r\n");
         assert_eq!(c.body.as_deref(), Some("\u{202e}évil 🎉 \t tab"));
         let c = d.decode(Flow::Outbound, b"PRIVMSG #x :caf\xe9").remove(0);
-        assert_eq!((c.body.as_deref(), c.attrs.get("irc.encoding").map(String::as_str)), (Some("café"), Some("latin1")));
+        assert_eq!(
+            (c.body.as_deref(), c.attrs.get("irc.encoding").map(String::as_str)),
+            (Some("café"), Some("latin1"))
+        );
     }
 
     #[test]

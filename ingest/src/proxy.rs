@@ -116,7 +116,8 @@ impl Proxy {
             tokio::spawn(async move {
                 let _ = client.set_nodelay(true);
                 let users = proxy.config.users.as_ref();
-                let req = match tokio::time::timeout(proxy.config.handshake_timeout, socks::accept(&mut client, users)).await
+                let req = match tokio::time::timeout(proxy.config.handshake_timeout, socks::accept(&mut client, users))
+                    .await
                 {
                     Ok(Ok(r)) => r,
                     Ok(Err(e)) => return tracing::info!(%peer, "SOCKS handshake refused: {e}"),
@@ -186,12 +187,8 @@ impl Proxy {
             _ => peer.ip().to_string(),
         };
         let started = UnixNanos::now();
-        let conn = Arc::new(Conn::new(
-            self.config.relay.clone(),
-            self.recorder.clone(),
-            self.session_for(&target),
-            fallback,
-        ));
+        let conn =
+            Arc::new(Conn::new(self.config.relay.clone(), self.recorder.clone(), self.session_for(&target), fallback));
         let bytes = conn.clone().run(client, upstream).await;
         let network = lock(&conn.session).network();
         let user = conn.user();
@@ -315,7 +312,12 @@ pub struct IrcSession {
 
 impl IrcSession {
     pub fn new(max_line: usize) -> Self {
-        IrcSession { lines: [Lines::new(max_line), Lines::new(max_line)], decoder: irc::Decoder::new(), max_line, in_oversize: [false; 2] }
+        IrcSession {
+            lines: [Lines::new(max_line), Lines::new(max_line)],
+            decoder: irc::Decoder::new(),
+            max_line,
+            in_oversize: [false; 2],
+        }
     }
 }
 

@@ -215,7 +215,10 @@ impl Recorder {
             e.source.clone_from(&self.source);
         }
         let keys: Vec<GapKey> = if gap_on_failure {
-            events.iter().map(|e| GapKey { network: e.network.clone(), from: e.from.clone(), why: String::new() }).collect()
+            events
+                .iter()
+                .map(|e| GapKey { network: e.network.clone(), from: e.from.clone(), why: String::new() })
+                .collect()
         } else {
             Vec::new()
         };
@@ -424,8 +427,9 @@ impl SpoolThread {
         s.durable_through = self.spool.next_seq() - 1;
         s.acked_through = self.spool.acked_through();
         let limit = self.spool_limit();
-        let alarm = (s.spool_bytes * 5 >= limit * 4)
-            .then(|| format!("the spool holds {} of its {limit} bytes: the server is not taking events", s.spool_bytes));
+        let alarm = (s.spool_bytes * 5 >= limit * 4).then(|| {
+            format!("the spool holds {} of its {limit} bytes: the server is not taking events", s.spool_bytes)
+        });
         if alarm.is_some() && s.alarm.is_none() {
             tracing::error!("ALARM: {}", alarm.as_deref().unwrap_or(""));
         }
@@ -465,11 +469,8 @@ fn send_loop(
     tx: SyncSender<Request>,
     rejected: std::path::PathBuf,
 ) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(config.timeout))
-        .build()
-        .into();
+    let agent: ureq::Agent =
+        ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(config.timeout)).build().into();
     let mut failover = Failover::new(&config);
     // Seqs reserved but never written (after a restart) leave `durable`
     // ahead of what can be read: wait for it to move before looking again.

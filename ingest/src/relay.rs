@@ -117,13 +117,7 @@ impl std::fmt::Debug for Conn {
 
 impl Conn {
     pub fn new(config: Arc<RelayConfig>, recorder: Recorder, session: Box<dyn Session>, fallback_user: String) -> Self {
-        Conn {
-            config,
-            recorder,
-            session: Mutex::new(session),
-            fallback_user,
-            seen: Mutex::new(HashSet::new()),
-        }
+        Conn { config, recorder, session: Mutex::new(session), fallback_user, seen: Mutex::new(HashSet::new()) }
     }
 
     pub fn user(&self) -> String {
@@ -180,7 +174,8 @@ impl Conn {
                 extra.push(Capture { body: Some(why.clone()), ..gap }.into_wire(now));
             }
         }
-        let events: Vec<WireEvent> = units.iter().flat_map(|u| u.captures.iter().cloned()).map(|c| c.into_wire(now)).collect();
+        let events: Vec<WireEvent> =
+            units.iter().flat_map(|u| u.captures.iter().cloned()).map(|c| c.into_wire(now)).collect();
         let mut forward = Vec::new();
         match self.config.logging {
             Logging::Relaxed => {
@@ -273,7 +268,14 @@ impl Conn {
 
     /// The first chat of each conversation on this connection gets the
     /// disclaimer, shown to the user and recorded.
-    fn disclaimers(&self, units: &[Unit], user: &str, now: UnixNanos, notices: &mut Vec<String>, out: &mut Vec<WireEvent>) {
+    fn disclaimers(
+        &self,
+        units: &[Unit],
+        user: &str,
+        now: UnixNanos,
+        notices: &mut Vec<String>,
+        out: &mut Vec<WireEvent>,
+    ) {
         let Some(text) = &self.config.disclaimer else { return };
         let mut seen = lock(&self.seen);
         for c in units.iter().flat_map(|u| &u.captures).filter(|c| c.is_chat()) {
@@ -294,7 +296,9 @@ fn withheld_notice(flow: Flow, captures: &[Capture]) -> String {
     let c = captures.iter().find(|c| c.is_chat());
     let to = c.map(|c| c.channel.clone().unwrap_or_else(|| c.to.join(","))).unwrap_or_default();
     match flow {
-        Flow::Outbound => format!("Verbatim: your message to {to} was NOT sent: the archive cannot record it right now."),
+        Flow::Outbound => {
+            format!("Verbatim: your message to {to} was NOT sent: the archive cannot record it right now.")
+        }
         Flow::Inbound => {
             let from = c.map(|c| c.from.as_str()).unwrap_or("");
             format!("Verbatim: a message from {from} to {to} was withheld: the archive cannot record it right now.")

@@ -79,7 +79,8 @@ pub fn post_batch(agent: &ureq::Agent, base: &str, token: &str, lines: &[(u64, S
     let why = format!("{url} answered {status}: {} {}", answer["error"].as_str().unwrap_or(""), answer["detail"]);
     match status {
         200 => {
-            let counted: u64 = ["accepted", "duplicates"].iter().filter_map(|k| answer.get(k).and_then(Value::as_u64)).sum();
+            let counted: u64 =
+                ["accepted", "duplicates"].iter().filter_map(|k| answer.get(k).and_then(Value::as_u64)).sum();
             if counted == lines.len() as u64 {
                 Outcome::Stored
             } else {
@@ -130,7 +131,7 @@ impl Failover {
     /// moves to the next URL every `failures_before_switch` failures.
     pub fn failed(&mut self, server_said: Option<Duration>) -> Duration {
         self.failures += 1;
-        if self.failures % self.per_url == 0 {
+        if self.failures.is_multiple_of(self.per_url) {
             self.current = (self.current + 1) % self.urls.len();
         }
         let exp = self.min.saturating_mul(1 << (self.failures - 1).min(16));

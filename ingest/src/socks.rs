@@ -77,7 +77,10 @@ pub type Users = BTreeMap<String, String>;
 
 /// Reads the client's greeting and request. On a refusal the client has
 /// already been told why; the caller closes the connection.
-pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, users: Option<&Users>) -> Result<Request, SocksError> {
+pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    users: Option<&Users>,
+) -> Result<Request, SocksError> {
     match s.read_u8().await? {
         4 => socks4(s, users).await,
         5 => socks5(s, users).await,
@@ -167,7 +170,11 @@ async fn socks5<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, users: Option<&Use
 }
 
 /// Tells the client how its CONNECT went.
-pub async fn reply<S: AsyncWrite + Unpin>(s: &mut S, version: u8, outcome: Result<SocketAddr, Failure>) -> std::io::Result<()> {
+pub async fn reply<S: AsyncWrite + Unpin>(
+    s: &mut S,
+    version: u8,
+    outcome: Result<SocketAddr, Failure>,
+) -> std::io::Result<()> {
     let bound = outcome.unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0));
     let mut out = Vec::with_capacity(22);
     if version == 4 {
@@ -250,14 +257,16 @@ async fn read_cstr<S: AsyncRead + Unpin>(s: &mut S) -> std::io::Result<String> {
             _ => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "a SOCKS4 string over 255 bytes")),
         }
     }
-    String::from_utf8(out).map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "a SOCKS4 string not UTF-8"))
+    String::from_utf8(out)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "a SOCKS4 string not UTF-8"))
 }
 
 async fn read_pstr<S: AsyncRead + Unpin>(s: &mut S) -> std::io::Result<String> {
     let n = s.read_u8().await?;
     let mut out = vec![0u8; n as usize];
     s.read_exact(&mut out).await?;
-    String::from_utf8(out).map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "a SOCKS5 string not UTF-8"))
+    String::from_utf8(out)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "a SOCKS5 string not UTF-8"))
 }
 
 #[cfg(test)]

@@ -170,7 +170,8 @@ fn tag_kind(tag: &[u8]) -> TagKind {
 /// Length of the tag at the start of `s` (which starts with `<`), or
 /// `None` if it is not complete yet.
 fn tag_end(s: &[u8]) -> Result<Option<usize>, String> {
-    let find = |pat: &[u8], from: usize| s[from..].windows(pat.len()).position(|w| w == pat).map(|i| from + i + pat.len());
+    let find =
+        |pat: &[u8], from: usize| s[from..].windows(pat.len()).position(|w| w == pat).map(|i| from + i + pat.len());
     if s.starts_with(b"<!--") {
         return Ok(find(b"-->", 4));
     }
@@ -372,7 +373,11 @@ impl XmppSession {
 
     fn message(&mut self, flow: Flow, bytes: Vec<u8>) -> Unit {
         let Some(m) = parse_message(&bytes) else {
-            return Unit { bytes, undecoded: Some("an XMPP message that is not well-formed".into()), ..Unit::default() };
+            return Unit {
+                bytes,
+                undecoded: Some("an XMPP message that is not well-formed".into()),
+                ..Unit::default()
+            };
         };
         let Some(body) = m.body.clone() else { return Unit::pass(bytes) };
         if !matches!(m.kind.as_str(), "chat" | "normal" | "groupchat") {
@@ -585,20 +590,46 @@ mod tests {
         s.feed(Flow::Outbound, CLIENT_OPEN.as_bytes());
         s.feed(Flow::Inbound, b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams' from='example.test'>");
         s.feed(Flow::Inbound, b"<iq type='result' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><jid>alice@example.test/desk</jid></bind></iq>");
-        let u = s.feed(Flow::Outbound, "<message to='bob@example.test/x' type='chat' id='m1'><body>hé &amp; 🎉\n2nd line</body></message>".as_bytes());
+        let u = s.feed(
+            Flow::Outbound,
+            "<message to='bob@example.test/x' type='chat' id='m1'><body>hé &amp; 🎉\n2nd line</body></message>"
+                .as_bytes(),
+        );
         let c = &u[0].captures[0];
-        assert_eq!((c.from.as_str(), c.to.clone(), c.body.as_deref()), ("alice@example.test", vec!["bob@example.test".to_owned()], Some("hé & 🎉\n2nd line")));
-        let u = s.feed(Flow::Inbound, b"<message from='bob@example.test/x' to='alice@example.test/desk' type='chat'><body>back</body></message>");
+        assert_eq!(
+            (c.from.as_str(), c.to.clone(), c.body.as_deref()),
+            ("alice@example.test", vec!["bob@example.test".to_owned()], Some("hé & 🎉\n2nd line"))
+        );
+        let u = s.feed(
+            Flow::Inbound,
+            b"<message from='bob@example.test/x' to='alice@example.test/desk' type='chat'><body>back</body></message>",
+        );
         let c = &u[0].captures[0];
-        assert_eq!((c.from.as_str(), c.to[0].as_str(), c.direction), ("bob@example.test", "alice@example.test", Some(Flow::Inbound)));
+        assert_eq!(
+            (c.from.as_str(), c.to[0].as_str(), c.direction),
+            ("bob@example.test", "alice@example.test", Some(Flow::Inbound))
+        );
         assert!(s.feed(Flow::Inbound, b"<message from='bob@example.test/x' type='chat'><composing xmlns='http://jabber.org/protocol/chatstates'/></message>")[0].captures.is_empty(), "no body, no message");
-        s.feed(Flow::Outbound, b"<presence to='desk@rooms.example.test/alice'><x xmlns='http://jabber.org/protocol/muc'/></presence>");
-        let u = s.feed(Flow::Outbound, b"<message to='desk@rooms.example.test' type='groupchat'><body>all</body></message>");
+        s.feed(
+            Flow::Outbound,
+            b"<presence to='desk@rooms.example.test/alice'><x xmlns='http://jabber.org/protocol/muc'/></presence>",
+        );
+        let u = s
+            .feed(Flow::Outbound, b"<message to='desk@rooms.example.test' type='groupchat'><body>all</body></message>");
         assert_eq!(u[0].captures[0].channel.as_deref(), Some("desk@rooms.example.test"));
-        let echo = s.feed(Flow::Inbound, b"<message from='desk@rooms.example.test/alice' type='groupchat'><body>all</body></message>");
+        let echo = s.feed(
+            Flow::Inbound,
+            b"<message from='desk@rooms.example.test/alice' type='groupchat'><body>all</body></message>",
+        );
         assert!(echo[0].captures.is_empty(), "the room's echo of our own message");
-        let u = s.feed(Flow::Inbound, b"<message from='desk@rooms.example.test/bob' type='groupchat'><body>hi</body></message>");
-        assert_eq!((u[0].captures[0].from.as_str(), u[0].captures[0].channel.as_deref()), ("bob", Some("desk@rooms.example.test")));
+        let u = s.feed(
+            Flow::Inbound,
+            b"<message from='desk@rooms.example.test/bob' type='groupchat'><body>hi</body></message>",
+        );
+        assert_eq!(
+            (u[0].captures[0].from.as_str(), u[0].captures[0].channel.as_deref()),
+            ("bob", Some("desk@rooms.example.test"))
+        );
     }
 
     #[test]
@@ -618,7 +649,10 @@ mod tests {
         s.feed(Flow::Outbound, b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
         let u = s.feed(Flow::Inbound, b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
         assert_eq!(u[0].captures[0].kind, "gap");
-        assert_eq!(s.feed(Flow::Outbound, b"\x16\x03\x01\x00\x05hello")[0].bytes, b"\x16\x03\x01\x00\x05hello".to_vec());
+        assert_eq!(
+            s.feed(Flow::Outbound, b"\x16\x03\x01\x00\x05hello")[0].bytes,
+            b"\x16\x03\x01\x00\x05hello".to_vec()
+        );
     }
 
     #[test]

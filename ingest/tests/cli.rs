@@ -9,7 +9,8 @@ fn proxy(args: &[&str]) -> (i32, String) {
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
-const BASE: [&str; 8] = ["--server", "http://127.0.0.1:1", "--token", "t", "--source", "proxy-1", "--spool", "/dev/null/spool"];
+const BASE: [&str; 8] =
+    ["--server", "http://127.0.0.1:1", "--token", "t", "--source", "proxy-1", "--spool", "/dev/null/spool"];
 
 #[test]
 fn usage_errors_exit_2_and_say_why() {

@@ -164,19 +164,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tokio::spawn(proxy.clone().serve_routed(l, target));
     }
     println!("mode {:?}, spool {:?} in {}", args.mode, args.spool_mode, args.spool.display());
-    wait_for_signal().await;
+    verbatim_ingest::wait_for_signal().await;
     tracing::info!("stopping: closing the spool");
     tokio::task::spawn_blocking(move || recorder.shutdown()).await?;
     Ok(())
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
 }

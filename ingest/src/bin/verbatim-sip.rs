@@ -1,0 +1,199 @@
+//! `verbatim-sip`: a SIP MESSAGE listener (UDP and TCP) for connectors on
+//! enterprise IM servers. A MESSAGE is answered 200 only once its event is
+//! in the recoverable spool (fsynced); if it cannot be, 503 with Retry-After.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use verbatim_ingest::recorder::{Recorder, RecorderConfig};
+use verbatim_ingest::sender::SenderConfig;
+use verbatim_ingest::sip::{self, Action, Answered};
+use verbatim_ingest::spool::{SpoolConfig, SpoolMode};
+use verbatim_schema::UnixNanos;
+
+/// Records SIP MESSAGE requests (text/plain, message/cpim) into a Verbatim archive.
+#[derive(Debug, Parser)]
+#[command(name = "verbatim-sip", version)]
+struct Args {
+    /// UDP listener address.
+    #[arg(long)]
+    udp: Option<String>,
+    /// TCP listener address.
+    #[arg(long)]
+    tcp: Option<String>,
+    /// Server URLs, comma-separated: the next is used after repeated failures.
+    #[arg(long, value_delimiter = ',', required = true)]
+    server: Vec<String>,
+    /// Ingest token, bound on the server to --source.
+    #[arg(long, env = "VERBATIM_TOKEN", hide_env_values = true)]
+    token: String,
+    #[arg(long)]
+    source: String,
+    /// Spool directory (always recoverable: fsynced before 200 OK).
+    #[arg(long)]
+    spool: PathBuf,
+    #[arg(long, default_value_t = 1 << 30)]
+    spool_max_bytes: u64,
+    /// Largest SIP message accepted, in bytes.
+    #[arg(long, default_value_t = 64 << 10)]
+    max_message: usize,
+    /// How long a MESSAGE may wait for the spool before 503, in ms.
+    #[arg(long, default_value_t = 5000)]
+    wait_ms: u64,
+}
+
+struct Listener {
+    recorder: Recorder,
+    answered: Mutex<Answered>,
+    wait: Duration,
+    max: usize,
+}
+
+impl Listener {
+    /// The answer to one request's bytes (None: no answer, e.g. ACK).
+    async fn answer(&self, bytes: &[u8]) -> Option<Vec<u8>> {
+        let req = match sip::parse(bytes) {
+            Ok(r) => r,
+            Err(r) => return Some(sip::refusal(bytes, r.status, &r.reason)),
+        };
+        if let Some(a) = lock(&self.answered).get(&req) {
+            return Some(a.clone());
+        }
+        let tag = format!("v{:x}", UnixNanos::now().0);
+        let answer = match sip::handle(&req) {
+            Action::Answer(0, _) => return None,
+            Action::Answer(status, reason) => sip::response(&req, status, &reason, &tag),
+            Action::Record(c) => {
+                let recorded =
+                    tokio::time::timeout(self.wait, self.recorder.record(vec![c.into_wire(UnixNanos::now())], false))
+                        .await;
+                match recorded {
+                    Ok(Ok(_)) => sip::response(&req, 200, "OK", &tag),
+                    Ok(Err(e)) => {
+                        tracing::warn!("MESSAGE not recorded: {e}");
+                        return Some(sip::response(&req, 503, "Service Unavailable", &tag));
+                    }
+                    Err(_) => return Some(sip::response(&req, 503, "Service Unavailable", &tag)),
+                }
+            }
+        };
+        lock(&self.answered).insert(&req, answer.clone());
+        Some(answer)
+    }
+
+    async fn serve_udp(self: Arc<Self>, socket: Arc<UdpSocket>) {
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            let Ok((n, peer)) = socket.recv_from(&mut buf).await else { continue };
+            let (me, socket, bytes) = (self.clone(), socket.clone(), buf[..n].to_vec());
+            tokio::spawn(async move {
+                if let Some(a) = me.answer(&bytes).await {
+                    let _ = socket.send_to(&a, peer).await;
+                }
+            });
+        }
+    }
+
+    async fn serve_tcp(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let Ok((stream, peer)) = listener.accept().await else { continue };
+            tokio::spawn(self.clone().connection(stream, peer));
+        }
+    }
+
+    async fn connection(self: Arc<Self>, mut stream: TcpStream, peer: SocketAddr) {
+        let mut buf = Vec::new();
+        let mut chunk = vec![0u8; 16 << 10];
+        loop {
+            match sip::message_len(&buf, self.max) {
+                Ok(Some(len)) => {
+                    let bytes: Vec<u8> = buf.drain(..len).collect();
+                    if let Some(a) = self.answer(&bytes).await {
+                        if stream.write_all(&a).await.is_err() {
+                            return;
+                        }
+                    }
+                    continue;
+                }
+                Ok(None) => {}
+                Err(r) => {
+                    tracing::info!(%peer, "closing a SIP connection: {} {}", r.status, r.reason);
+                    let _ = stream.write_all(&sip::refusal(&buf, r.status, &r.reason)).await;
+                    return;
+                }
+            }
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = runtime.block_on(run(args)) {
+        eprintln!("error: {e:#}");
+        std::process::exit(2);
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    if args.udp.is_none() && args.tcp.is_none() {
+        bail!("nothing to listen on: give --udp and/or --tcp");
+    }
+    let spool =
+        SpoolConfig { max_bytes: args.spool_max_bytes, ..SpoolConfig::new(&args.spool, SpoolMode::Recoverable) };
+    let recorder = Recorder::start(RecorderConfig {
+        source: args.source.clone(),
+        spool,
+        sender: SenderConfig::new(args.server.clone(), args.token.clone()),
+        flush_every: Duration::from_secs(1),
+        queue: 65_536,
+    })
+    .with_context(|| format!("opening the spool {}", args.spool.display()))?;
+    let listener = Arc::new(Listener {
+        recorder: recorder.clone(),
+        answered: Mutex::new(Answered::default()),
+        wait: Duration::from_millis(args.wait_ms),
+        max: args.max_message,
+    });
+    if let Some(addr) = &args.udp {
+        let s = UdpSocket::bind(addr).await.with_context(|| format!("binding UDP {addr}"))?;
+        println!("sip udp listening on {}", s.local_addr()?);
+        tokio::spawn(listener.clone().serve_udp(Arc::new(s)));
+    }
+    if let Some(addr) = &args.tcp {
+        let l = TcpListener::bind(addr).await.with_context(|| format!("binding TCP {addr}"))?;
+        println!("sip tcp listening on {}", l.local_addr()?);
+        tokio::spawn(listener.clone().serve_tcp(l));
+    }
+    verbatim_ingest::wait_for_signal().await;
+    tracing::info!("stopping: closing the spool");
+    tokio::task::spawn_blocking(move || recorder.shutdown()).await?;
+    Ok(())
+}
