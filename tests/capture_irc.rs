@@ -48,14 +48,19 @@ struct Proxy {
 }
 
 fn proxy(server: SocketAddr, token: &str, spool: &Path, ircd: SocketAddr, extra: &[&str]) -> Proxy {
+    proxy_to(&format!("http://{server}"), "proxy-irc", token, spool, ircd, extra)
+}
+
+/// A proxy with source id `source` sending to `servers` (comma-separated URLs).
+fn proxy_to(servers: &str, source: &str, token: &str, spool: &Path, ircd: SocketAddr, extra: &[&str]) -> Proxy {
     let (socks, route) = (free_addr(), free_addr());
     let mut peer = Peer::spawn(
         "verbatim-proxy",
         Command::new(proxy_bin())
             .args(["--socks", &socks.to_string()])
             .args(["--route", &format!("{route}={ircd}")])
-            .args(["--server", &format!("http://{server}")])
-            .args(["--token", token, "--source", "proxy-irc", "--irc-ports", &ircd.port().to_string()])
+            .args(["--server", servers])
+            .args(["--token", token, "--source", source, "--irc-ports", &ircd.port().to_string()])
             .arg("--spool")
             .arg(spool)
             .args(extra)
@@ -434,4 +439,78 @@ fn kill9_of_the_proxy_mid_conversation_in_recoverable_mode_loses_and_duplicates_
         assert!(stored.contains(d), "0 lost: {d} reached carol but not the archive");
     }
     p2.peer.stop();
+}
+
+#[test]
+fn a_corporate_socks_proxy_the_allow_list_and_server_failover() {
+    let archive = Archive::start();
+    let dir = archive.tmp.path();
+    let ircd = ngircd(dir);
+    // The corporate proxy: another SOCKS5 server (here a second, pass-through proxy).
+    // Each front end has its own source id: seqs are per source.
+    let corporate = proxy_to(
+        &format!("http://{}", archive.server.addr),
+        "proxy-corp",
+        &archive.ingest,
+        &dir.join("spool-corp"),
+        ircd.addr,
+        &[],
+    );
+    // The capture proxy leaves through it, may reach only the IRC server,
+    // and has a dead server URL before the live one.
+    let via = format!("socks5://{}", corporate.socks);
+    let allow = format!("127.0.0.1:{}", ircd.addr.port());
+    let servers = format!("http://127.0.0.1:9,http://{}", archive.server.addr);
+    let p = proxy_to(
+        &servers,
+        "proxy-irc",
+        &archive.ingest,
+        &dir.join("spool"),
+        ircd.addr,
+        &["--via", &via, "--allow", &allow],
+    );
+
+    let alice = Ii::start(dir, "alice", ircd.addr, Some(p.socks));
+    let carol = Ii::start(dir, "carol", ircd.addr, None);
+    alice.msg("carol", "through two proxies");
+    wait_until(30, "carol to get it", || carol.got("alice", "through two proxies"));
+
+    // A destination off the allow-list is refused with SOCKS5 code 2.
+    let mut s = TcpStream::connect(p.socks).expect("socks");
+    s.write_all(&[5, 1, 0]).expect("greeting");
+    let mut m = [0u8; 2];
+    s.read_exact(&mut m).expect("method");
+    s.write_all(&[5, 1, 0, 1, 127, 0, 0, 1, 0, 22]).expect("connect to port 22");
+    let mut reply = [0u8; 10];
+    s.read_exact(&mut reply).expect("reply");
+    assert_eq!(reply[1], 2, "connection not allowed by ruleset");
+
+    wait_until(60, "the message, sent after failing over to the live server", || {
+        messages(&archive.server, &archive.auditor, "message").iter().any(|r| body_of(r) == "through two proxies")
+    });
+    wait_until(30, "the refused connection's record", || {
+        sql_rows(
+            &archive.server,
+            &archive.auditor,
+            "SELECT attrs FROM events WHERE kind = 'connection' AND attrs LIKE '%not on the allow-list%'",
+        )
+        .len()
+            == 1
+    });
+    // The corporate proxy saw the connection go to the IRC server.
+    drop(alice);
+    wait_until(30, "the corporate proxy's connection record", || {
+        sql_rows(
+            &archive.server,
+            &archive.auditor,
+            &format!(
+                "SELECT attrs FROM events WHERE source = 'proxy-corp' AND kind = 'connection' AND attrs LIKE '%{}%'",
+                ircd.addr
+            ),
+        )
+        .iter()
+        .any(|r| r[0].as_str().is_some_and(|a| a.contains("\"conn.via\":\"socks5\"")))
+    });
+    p.peer.stop();
+    corporate.peer.stop();
 }

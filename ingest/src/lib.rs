@@ -24,3 +24,6 @@ pub async fn wait_for_signal() {
         _ = int.recv() => {}
     }
 }
+
+#[cfg(test)]
+mod fuzz;

@@ -378,6 +378,60 @@ mod tests {
         assert!("host:port".parse::<Allow>().is_err());
     }
 
+    /// A stand-in corporate HTTP proxy: answers CONNECT with `status`,
+    /// then echoes.
+    async fn http_proxy(status: &'static str) -> SocketAddr {
+        use tokio::io::AsyncReadExt;
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.expect("accept");
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && s.read_exact(&mut b).await.is_ok() {
+                head.push(b[0]);
+            }
+            assert!(head.starts_with(b"CONNECT irc.example:6667 HTTP/1.1\r\n"), "{}", String::from_utf8_lossy(&head));
+            s.write_all(format!("HTTP/1.1 {status}\r\nProxy-Agent: test\r\n\r\n").as_bytes()).await.expect("answer");
+            let mut buf = [0u8; 64];
+            while let Ok(n @ 1..) = s.read(&mut buf).await {
+                s.write_all(&buf[..n]).await.expect("echo");
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn leaves_through_a_corporate_http_proxy() {
+        use tokio::io::AsyncReadExt;
+        let target = Target::Domain("irc.example".into(), 6667);
+        let mut s = TcpStream::connect(http_proxy("200 Connection established").await).await.expect("connect");
+        http_connect(&mut s, &target).await.expect("CONNECT accepted");
+        s.write_all(b"NICK a\r\n").await.expect("write");
+        let mut back = [0u8; 8];
+        s.read_exact(&mut back).await.expect("echo");
+        assert_eq!(&back, b"NICK a\r\n");
+        let mut s = TcpStream::connect(http_proxy("403 Forbidden").await).await.expect("connect");
+        let err = http_connect(&mut s, &target).await.expect_err("refused");
+        assert!(err.to_string().contains("403 Forbidden"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn leaves_through_a_corporate_socks5_proxy() {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.expect("accept");
+            let req = socks::accept(&mut s, None).await.expect("handshake");
+            socks::reply(&mut s, 5, Ok("127.0.0.1:1".parse().expect("addr"))).await.expect("reply");
+            req.target
+        });
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        let target = Target::Domain("irc.example".into(), 6667);
+        socks::connect_via(&mut s, &target).await.expect("CONNECT through SOCKS5");
+        assert_eq!(server.await.expect("server"), target);
+    }
+
     #[test]
     fn an_oversize_irc_line_is_named_once() {
         let mut s = IrcSession::new(32);
