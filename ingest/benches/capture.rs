@@ -1,0 +1,257 @@
+//! Capture proxy benchmark (release, not in CI; run by `tools/bench-capture.sh`).
+//!
+//! An in-process IRC echo server stands for the network (a real ngircd
+//! throttles floods, which would measure its penalties, not the proxy). The
+//! real `verbatim-proxy` binary relays to it and ships to a real server.
+//! Printed: round-trip latency direct vs through the proxy (the difference is
+//! what the proxy adds), relayed throughput, both in relaxed/express and
+//! strict/recoverable, beside this disk's fdatasync latency measured in the
+//! same run; then how many concurrent relayed connections the proxy holds and
+//! its memory per connection.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+fn env(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+/// Answers NICK with 001 and echoes every PRIVMSG back to the sender.
+async fn echo_server() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { continue };
+            tokio::spawn(async move {
+                let _ = s.set_nodelay(true);
+                let (r, mut w) = s.into_split();
+                let mut lines = BufReader::new(r).lines();
+                let mut nick = String::from("*");
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let reply = if let Some(n) = line.strip_prefix("NICK ") {
+                        nick = n.trim().to_owned();
+                        format!(":echo.test 001 {nick} :Welcome\r\n")
+                    } else if let Some(rest) = line.strip_prefix("PRIVMSG ") {
+                        let text = rest.split_once(" :").map_or("", |(_, t)| t);
+                        format!(":echo!e@echo.test PRIVMSG {nick} :{text}\r\n")
+                    } else {
+                        continue;
+                    };
+                    if w.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+struct Client {
+    lines: tokio::io::Lines<BufReader<tokio::net::tcp::OwnedReadHalf>>,
+    w: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl Client {
+    async fn connect(addr: SocketAddr, nick: &str) -> std::io::Result<Client> {
+        let s = TcpStream::connect(addr).await?;
+        s.set_nodelay(true)?;
+        let (r, w) = s.into_split();
+        let mut c = Client { lines: BufReader::new(r).lines(), w };
+        c.w.write_all(format!("NICK {nick}\r\nUSER {nick} 0 * :{nick}\r\n").as_bytes()).await?;
+        c.next().await?;
+        Ok(c)
+    }
+
+    async fn next(&mut self) -> std::io::Result<String> {
+        self.lines.next_line().await?.ok_or_else(|| std::io::Error::other("closed"))
+    }
+
+    /// One message there and its echo back.
+    async fn round_trip(&mut self, text: &str) -> std::io::Result<Duration> {
+        let t = Instant::now();
+        self.w.write_all(format!("PRIVMSG bob :{text}\r\n").as_bytes()).await?;
+        self.next().await?;
+        Ok(t.elapsed())
+    }
+}
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1e3
+}
+
+async fn latencies(addr: SocketAddr, n: usize) -> Vec<Duration> {
+    let mut c = Client::connect(addr, "lat").await.expect("connect");
+    for i in 0..200 {
+        c.round_trip(&format!("warm-up {i}")).await.expect("warm-up");
+    }
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        out.push(c.round_trip(&format!("latency probe {i} with some text é")).await.expect("round trip"));
+    }
+    out.sort_unstable();
+    out
+}
+
+/// `clients` connections each sending `each` messages as fast as the echoes return (window of 64).
+async fn throughput(addr: SocketAddr, clients: usize, each: usize) -> f64 {
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for k in 0..clients {
+        tasks.push(tokio::spawn(async move {
+            let mut c = Client::connect(addr, &format!("tp{k}")).await.expect("connect");
+            let (mut sent, mut got) = (0, 0);
+            while got < each {
+                while sent < each && sent - got < 64 {
+                    c.w.write_all(format!("PRIVMSG bob :throughput {k} {sent} lorem ipsum dolor sit amet\r\n").as_bytes())
+                        .await
+                        .expect("send");
+                    sent += 1;
+                }
+                c.next().await.expect("echo");
+                got += 1;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("client");
+    }
+    (clients * each) as f64 / t.elapsed().as_secs_f64()
+}
+
+fn fsync_reference(dir: &Path) -> (f64, f64) {
+    let path = dir.join("fsync-probe");
+    let mut f = std::fs::File::create(&path).expect("probe file");
+    let mut ts = Vec::new();
+    for _ in 0..300 {
+        f.write_all(&[b'x'; 256]).expect("write");
+        let t = Instant::now();
+        f.sync_data().expect("fdatasync");
+        ts.push(t.elapsed());
+    }
+    ts.sort_unstable();
+    let _ = std::fs::remove_file(path);
+    (pct(&ts, 0.5), pct(&ts, 0.99))
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr")
+}
+
+fn start_proxy(bin: &Path, work: &Path, echo: SocketAddr, mode: &str, spool_mode: &str) -> (Child, SocketAddr) {
+    let route = free_addr();
+    let child = Command::new(bin)
+        .args(["--route", &format!("{route}={echo}"), "--irc-ports", &echo.port().to_string()])
+        .args(["--server", &env("SERVER_URL", "http://127.0.0.1:8090"), "--token", &env("TOKEN", "")])
+        .args(["--source", &format!("proxy-bench-{mode}-{}", std::process::id()), "--mode", mode, "--spool-mode", spool_mode])
+        .arg("--spool")
+        .arg(work.join(format!("spool-{mode}-{spool_mode}")))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("starting verbatim-proxy");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(route).is_err() {
+        assert!(Instant::now() < deadline, "the proxy did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (child, route)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn stop(mut child: Child) {
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = child.wait();
+}
+
+#[tokio::main]
+async fn main() {
+    let bin = PathBuf::from(env("PROXY_BIN", "target/release/verbatim-proxy"));
+    let work = PathBuf::from(env("WORK", "/tmp"));
+    let n: usize = env("MESSAGES", "5000").parse().expect("MESSAGES");
+    let conns: usize = env("CONNS", "20000").parse().expect("CONNS");
+    let echo = echo_server().await;
+    let (f50, f99) = fsync_reference(&work);
+    println!("fdatasync of 256 B on this disk, same run: p50 {f50:.3} ms, p99 {f99:.3} ms");
+
+    let direct = latencies(echo, n).await;
+    let direct_tp = throughput(echo, 8, n).await;
+    println!(
+        "direct           round trip p50 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms   throughput {direct_tp:.0} msg/s (8 clients)",
+        pct(&direct, 0.5),
+        pct(&direct, 0.99),
+        pct(&direct, 0.999)
+    );
+    for (mode, spool) in [("relaxed", "express"), ("strict", "recoverable")] {
+        let (child, route) = start_proxy(&bin, &work, echo, mode, spool);
+        let lat = latencies(route, n).await;
+        let tp = throughput(route, 8, n).await;
+        println!(
+            "{mode:7}/{spool:11} round trip p50 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms   added p50 {:+.3} ms  p99 {:+.3} ms   \
+             throughput {tp:.0} msg/s ({:.2}x direct); each round trip is two relayed messages",
+            pct(&lat, 0.5),
+            pct(&lat, 0.99),
+            pct(&lat, 0.999),
+            pct(&lat, 0.5) - pct(&direct, 0.5),
+            pct(&lat, 0.99) - pct(&direct, 0.99),
+            tp / direct_tp
+        );
+        stop(child);
+    }
+
+    // Concurrency: connections held open through the proxy at once.
+    let (child, route) = start_proxy(&bin, &work, echo, "relaxed", "express");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = rss_kib(child.id());
+    let t = Instant::now();
+    let mut held = Vec::with_capacity(conns);
+    let mut failed = 0;
+    for chunk in (0..conns).collect::<Vec<_>>().chunks(500) {
+        let opened = futures::future::join_all(chunk.iter().map(|&i| async move {
+            let mut c = Client::connect(route, &format!("u{i}")).await?;
+            c.round_trip("hello").await?;
+            Ok::<_, std::io::Error>(c)
+        }))
+        .await;
+        for c in opened {
+            match c {
+                Ok(c) => held.push(c),
+                Err(_) => failed += 1,
+            }
+        }
+    }
+    let opened_in = t.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = rss_kib(child.id());
+    // Every held connection still relays.
+    let mut alive = 0;
+    for c in held.iter_mut() {
+        if tokio::time::timeout(Duration::from_secs(10), c.round_trip("still there")).await.is_ok_and(|r| r.is_ok()) {
+            alive += 1;
+        }
+    }
+    println!(
+        "concurrency: {alive} of {conns} relayed connections open at once and answering ({failed} failed to open), opened in {:.1} s; \
+         proxy RSS {:.1} MiB -> {:.1} MiB, {:.1} KiB per connection",
+        opened_in.as_secs_f64(),
+        before as f64 / 1024.0,
+        after as f64 / 1024.0,
+        (after.saturating_sub(before)) as f64 / held.len().max(1) as f64
+    );
+    drop(held);
+    stop(child);
+}
