@@ -13,8 +13,8 @@ BIN="${CARGO_TARGET_DIR:-target}/release"
 W="$(mktemp -d "${BENCH_DIR:-/tmp}/verbatim-capture-bench.XXXXXX")"
 SERVER_PID=
 trap '[ -n "$SERVER_PID" ] && kill -TERM "$SERVER_PID" 2>/dev/null; rm -rf "$W"' EXIT
-# 20,000 connections: each is a client socket, two proxy sockets and an echo socket.
-ulimit -n 200000
+
+# The per-process open-file limit decides how the concurrency run is spread.
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 TOKEN=$("$BIN/verbatim" --data-dir "$W/data" token create --role ingest --sources 'proxy-bench-*')
 VERBATIM_HTTP_LISTEN="127.0.0.1:$PORT" VERBATIM_LOG=warn "$BIN/verbatim" --data-dir "$W/data" serve 2>"$W/server.log" &

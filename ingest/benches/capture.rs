@@ -24,7 +24,11 @@ fn env(name: &str, default: &str) -> String {
 
 /// Answers NICK with 001 and echoes every PRIVMSG back to the sender.
 async fn echo_server() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    echo_server_on("127.0.0.1:0".parse().expect("addr")).await
+}
+
+async fn echo_server_on(at: SocketAddr) -> SocketAddr {
+    let l = TcpListener::bind(at).await.expect("bind");
     let addr = l.local_addr().expect("addr");
     tokio::spawn(async move {
         loop {
@@ -111,9 +115,11 @@ async fn throughput(addr: SocketAddr, clients: usize, each: usize) -> f64 {
             let (mut sent, mut got) = (0, 0);
             while got < each {
                 while sent < each && sent - got < 64 {
-                    c.w.write_all(format!("PRIVMSG bob :throughput {k} {sent} lorem ipsum dolor sit amet\r\n").as_bytes())
-                        .await
-                        .expect("send");
+                    c.w.write_all(
+                        format!("PRIVMSG bob :throughput {k} {sent} lorem ipsum dolor sit amet\r\n").as_bytes(),
+                    )
+                    .await
+                    .expect("send");
                     sent += 1;
                 }
                 c.next().await.expect("echo");
@@ -151,7 +157,14 @@ fn start_proxy(bin: &Path, work: &Path, echo: SocketAddr, mode: &str, spool_mode
     let child = Command::new(bin)
         .args(["--route", &format!("{route}={echo}"), "--irc-ports", &echo.port().to_string()])
         .args(["--server", &env("SERVER_URL", "http://127.0.0.1:8090"), "--token", &env("TOKEN", "")])
-        .args(["--source", &format!("proxy-bench-{mode}-{}", std::process::id()), "--mode", mode, "--spool-mode", spool_mode])
+        .args([
+            "--source",
+            &format!("proxy-bench-{mode}-{}", std::process::id()),
+            "--mode",
+            mode,
+            "--spool-mode",
+            spool_mode,
+        ])
         .arg("--spool")
         .arg(work.join(format!("spool-{mode}-{spool_mode}")))
         .env("RUST_LOG", "warn")
@@ -169,7 +182,9 @@ fn start_proxy(bin: &Path, work: &Path, echo: SocketAddr, mode: &str, spool_mode
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -180,6 +195,9 @@ fn stop(mut child: Child) {
 
 #[tokio::main]
 async fn main() {
+    if let Ok(role) = std::env::var("ROLE") {
+        return child_role(&role).await;
+    }
     let bin = PathBuf::from(env("PROXY_BIN", "target/release/verbatim-proxy"));
     let work = PathBuf::from(env("WORK", "/tmp"));
     let n: usize = env("MESSAGES", "5000").parse().expect("MESSAGES");
@@ -213,16 +231,16 @@ async fn main() {
         stop(child);
     }
 
-    // Concurrency: connections held open through the proxy at once.
-    let (child, route) = start_proxy(&bin, &work, echo, "relaxed", "express");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let before = rss_kib(child.id());
-    let t = Instant::now();
-    let mut held = Vec::with_capacity(conns);
+    concurrency(&bin, &work, conns).await;
+}
+
+/// Opens `count` relayed connections (one round trip each) to `route`.
+async fn open_many(route: SocketAddr, count: usize, tag: &str) -> (Vec<Client>, usize) {
+    let mut held = Vec::with_capacity(count);
     let mut failed = 0;
-    for chunk in (0..conns).collect::<Vec<_>>().chunks(500) {
+    for chunk in (0..count).collect::<Vec<_>>().chunks(500) {
         let opened = futures::future::join_all(chunk.iter().map(|&i| async move {
-            let mut c = Client::connect(route, &format!("u{i}")).await?;
+            let mut c = Client::connect(route, &format!("{tag}{i}")).await?;
             c.round_trip("hello").await?;
             Ok::<_, std::io::Error>(c)
         }))
@@ -234,24 +252,125 @@ async fn main() {
             }
         }
     }
+    (held, failed)
+}
+
+/// The soft limit on open files of this process.
+fn fd_limit() -> usize {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Max open files"))?.split_whitespace().nth(3)?.parse().ok())
+        .unwrap_or(1024)
+}
+
+/// Concurrency: relayed connections held open at once. A relayed connection
+/// costs the proxy two descriptors, so past half the per-process limit the
+/// connections are spread over several proxy processes (as one would run
+/// several proxy workers); clients and echo servers run in child processes
+/// of this benchmark for the same reason.
+async fn concurrency(bin: &Path, work: &Path, conns: usize) {
+    let per_proxy = (fd_limit() - 200) / 2;
+    let proxies = conns.div_ceil(per_proxy);
+    let per = conns.div_ceil(proxies);
+    let me = std::env::current_exe().expect("own path");
+    let mut groups = Vec::new();
+    for i in 0..proxies {
+        let port = free_addr();
+        let echo = Command::new(&me)
+            .env("ROLE", "echo")
+            .env("PORT", port.to_string())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("echo process");
+        while std::net::TcpStream::connect(port).is_err() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let (proxy, route) = start_proxy(bin, work, port, &format!("relaxed-c{i}"), "express");
+        groups.push((echo, proxy, route));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before: Vec<u64> = groups.iter().map(|g| rss_kib(g.1.id())).collect();
+    let t = Instant::now();
+    let mut clients = Vec::new();
+    for (_, _, route) in &groups {
+        let c = Command::new(&me)
+            .env("ROLE", "clients")
+            .env("ROUTE", route.to_string())
+            .env("COUNT", per.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("client process");
+        clients.push(c);
+    }
+    let mut opened = 0;
+    let mut readers = Vec::new();
+    for c in &mut clients {
+        let mut r = std::io::BufReader::new(c.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut r, &mut line).expect("opened line");
+        opened += line.split_whitespace().nth(1).and_then(|n| n.parse::<usize>().ok()).unwrap_or(0);
+        readers.push(r);
+    }
     let opened_in = t.elapsed();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let after = rss_kib(child.id());
-    // Every held connection still relays.
+    let after: Vec<u64> = groups.iter().map(|g| rss_kib(g.1.id())).collect();
     let mut alive = 0;
-    for c in held.iter_mut() {
-        if tokio::time::timeout(Duration::from_secs(10), c.round_trip("still there")).await.is_ok_and(|r| r.is_ok()) {
-            alive += 1;
-        }
+    for (c, r) in clients.iter_mut().zip(&mut readers) {
+        c.stdin.as_mut().expect("stdin").write_all(b"check\n").expect("check");
+        let mut line = String::new();
+        std::io::BufRead::read_line(r, &mut line).expect("alive line");
+        alive += line.split_whitespace().nth(1).and_then(|n| n.parse::<usize>().ok()).unwrap_or(0);
     }
+    let grown: u64 = after.iter().zip(&before).map(|(a, b)| a.saturating_sub(*b)).sum();
     println!(
-        "concurrency: {alive} of {conns} relayed connections open at once and answering ({failed} failed to open), opened in {:.1} s; \
-         proxy RSS {:.1} MiB -> {:.1} MiB, {:.1} KiB per connection",
+        "concurrency: {opened} of {} relayed connections opened in {:.1} s over {proxies} proxy process(es) \
+         (this machine allows {} open files per process; a relayed connection uses 2 in the proxy); \
+         {alive} still answering after all were open; proxy RSS {:.1} MiB -> {:.1} MiB in all, {:.1} KiB per connection",
+        per * proxies,
         opened_in.as_secs_f64(),
-        before as f64 / 1024.0,
-        after as f64 / 1024.0,
-        (after.saturating_sub(before)) as f64 / held.len().max(1) as f64
+        fd_limit(),
+        before.iter().sum::<u64>() as f64 / 1024.0,
+        after.iter().sum::<u64>() as f64 / 1024.0,
+        grown as f64 / opened.max(1) as f64
     );
-    drop(held);
-    stop(child);
+    for mut c in clients {
+        drop(c.stdin.take());
+        let _ = c.wait();
+    }
+    for (mut echo, proxy, _) in groups {
+        stop(proxy);
+        let _ = echo.kill();
+        let _ = echo.wait();
+    }
+}
+
+/// Child process roles of the concurrency run.
+async fn child_role(role: &str) {
+    match role {
+        "echo" => {
+            let port: SocketAddr = env("PORT", "").parse().expect("PORT");
+            echo_server_on(port).await;
+            std::future::pending::<()>().await;
+        }
+        "clients" => {
+            let route: SocketAddr = env("ROUTE", "").parse().expect("ROUTE");
+            let count: usize = env("COUNT", "0").parse().expect("COUNT");
+            let (mut held, _failed) = open_many(route, count, "u").await;
+            println!("opened {}", held.len());
+            let mut line = String::new();
+            let _ = tokio::task::spawn_blocking(move || std::io::stdin().read_line(&mut line)).await;
+            let mut alive = 0;
+            for c in held.iter_mut() {
+                if tokio::time::timeout(Duration::from_secs(10), c.round_trip("still there"))
+                    .await
+                    .is_ok_and(|r| r.is_ok())
+                {
+                    alive += 1;
+                }
+            }
+            println!("alive {alive}");
+        }
+        other => panic!("unknown ROLE {other}"),
+    }
 }
