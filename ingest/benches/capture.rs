@@ -152,21 +152,28 @@ fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr")
 }
 
-fn start_proxy(bin: &Path, work: &Path, echo: SocketAddr, mode: &str, spool_mode: &str) -> (Child, SocketAddr) {
+fn start_proxy(
+    bin: &Path,
+    work: &Path,
+    echo: SocketAddr,
+    mode: &str,
+    spool_mode: &str,
+    label: &str,
+) -> (Child, SocketAddr) {
     let route = free_addr();
     let child = Command::new(bin)
         .args(["--route", &format!("{route}={echo}"), "--irc-ports", &echo.port().to_string()])
         .args(["--server", &env("SERVER_URL", "http://127.0.0.1:8090"), "--token", &env("TOKEN", "")])
         .args([
             "--source",
-            &format!("proxy-bench-{mode}-{}", std::process::id()),
+            &format!("proxy-bench-{label}-{}", std::process::id()),
             "--mode",
             mode,
             "--spool-mode",
             spool_mode,
         ])
         .arg("--spool")
-        .arg(work.join(format!("spool-{mode}-{spool_mode}")))
+        .arg(work.join(format!("spool-{label}")))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
@@ -215,7 +222,7 @@ async fn main() {
         pct(&direct, 0.999)
     );
     for (mode, spool) in [("relaxed", "express"), ("strict", "recoverable")] {
-        let (child, route) = start_proxy(&bin, &work, echo, mode, spool);
+        let (child, route) = start_proxy(&bin, &work, echo, mode, spool, mode);
         let lat = latencies(route, n).await;
         let tp = throughput(route, 8, n).await;
         println!(
@@ -285,7 +292,7 @@ async fn concurrency(bin: &Path, work: &Path, conns: usize) {
         while std::net::TcpStream::connect(port).is_err() {
             std::thread::sleep(Duration::from_millis(20));
         }
-        let (proxy, route) = start_proxy(bin, work, port, &format!("relaxed-c{i}"), "express");
+        let (proxy, route) = start_proxy(bin, work, port, "relaxed", "express", &format!("c{i}"));
         groups.push((echo, proxy, route));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -289,6 +289,9 @@ impl SpoolThread {
             let first = match rx.recv_timeout(flush_every) {
                 Ok(r) => r,
                 Err(RecvTimeoutError::Timeout) => {
+                    if let Err(e) = self.spool.save_acks() {
+                        tracing::error!("saving acknowledgements in the spool: {e}");
+                    }
                     if dirty {
                         if let Err(e) = self.spool.flush() {
                             tracing::error!("flushing the express spool: {e}");
@@ -312,6 +315,9 @@ impl SpoolThread {
             }
             dirty |= self.spool.mode() == SpoolMode::Express;
             if gaps_written.elapsed() >= flush_every {
+                if let Err(e) = self.spool.save_acks() {
+                    tracing::error!("saving acknowledgements in the spool: {e}");
+                }
                 self.write_gaps();
                 gaps_written = std::time::Instant::now();
             }

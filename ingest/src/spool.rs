@@ -98,6 +98,8 @@ pub struct Spool {
     /// Appended groups not yet acknowledged: (last seq, bytes), oldest first.
     unacked: std::collections::VecDeque<(u64, u64)>,
     unacked_bytes: u64,
+    /// Acknowledgements not yet in `state`.
+    acks_unsaved: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -145,7 +147,18 @@ impl Spool {
         let active = segments.last().map_or(next_seq, |s| s.first_seq);
         let file = OpenOptions::new().append(true).open(segment_path(&config.dir, active))?;
         let unacked = std::iter::once((next_seq - 1, unacked_bytes)).collect();
-        Ok((Spool { config, state, segments, file, next_seq, failed: None, unacked, unacked_bytes }, recovery))
+        let spool = Spool {
+            config,
+            state,
+            segments,
+            file,
+            next_seq,
+            failed: None,
+            unacked,
+            unacked_bytes,
+            acks_unsaved: false,
+        };
+        Ok((spool, recovery))
     }
 
     pub fn mode(&self) -> SpoolMode {
@@ -194,6 +207,7 @@ impl Spool {
             state.reserved_through = last + RESERVE_BLOCK;
             write_state(&self.config.dir, &state)?;
             self.state = state;
+            self.acks_unsaved = false;
         }
         let mut buf = Vec::with_capacity(events.len() * 256);
         for (i, e) in events.iter_mut().enumerate() {
@@ -245,14 +259,18 @@ impl Spool {
 
     /// Records that the server acknowledged every event through `seq`, then
     /// deletes the segments it empties (never the one being written).
+    ///
+    /// The acknowledgement reaches `state` lazily ([`Spool::save_acks`], at
+    /// the next reservation, at close): it only spares resending. After a
+    /// crash the events since the last saved ack are sent again, and the
+    /// server, deduplicating by `(source, seq)`, stores them once. Saving it
+    /// on every ack would put three fsyncs beside every append.
     pub fn ack(&mut self, seq: u64) -> Result<(), SpoolError> {
         if seq <= self.state.acked_through {
             return Ok(());
         }
-        let mut state = self.state;
-        state.acked_through = seq;
-        write_state(&self.config.dir, &state)?;
-        self.state = state;
+        self.state.acked_through = seq;
+        self.acks_unsaved = true;
         while let Some(&(last, bytes)) = self.unacked.front() {
             if last > seq {
                 break;
@@ -263,6 +281,15 @@ impl Spool {
         while self.segments.len() > 1 && self.segments[1].first_seq <= seq + 1 {
             let s = self.segments.remove(0);
             fs::remove_file(segment_path(&self.config.dir, s.first_seq))?;
+        }
+        Ok(())
+    }
+
+    /// Saves acknowledgements recorded since the last save.
+    pub fn save_acks(&mut self) -> Result<(), SpoolError> {
+        if self.acks_unsaved {
+            write_state(&self.config.dir, &self.state)?;
+            self.acks_unsaved = false;
         }
         Ok(())
     }
@@ -536,6 +563,27 @@ mod tests {
         assert!(spool.next_seq() > last);
         let read = SpoolReader::new(dir.path(), 0).read(u64::MAX, 100, 1 << 20).expect("read");
         assert_eq!(bodies(&read).iter().map(|b| b.1.as_str()).collect::<Vec<_>>(), vec!["a", "b"]);
+    }
+
+    #[test]
+    fn acknowledgements_are_saved_lazily_and_a_crash_only_resends() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = SpoolConfig { segment_bytes: 1 << 20, ..SpoolConfig::new(dir.path(), SpoolMode::Recoverable) };
+        let (mut spool, _) = Spool::open(cfg.clone()).expect("open");
+        spool.append(&mut [event("a"), event("b"), event("c")], false).expect("append");
+        spool.ack(1).expect("ack");
+        spool.save_acks().expect("save");
+        spool.ack(3).expect("ack, not saved");
+        assert_eq!(spool.held_bytes(), 0);
+        drop(spool); // crash
+        let (spool, _) = Spool::open(cfg).expect("reopen");
+        assert_eq!(spool.acked_through(), 1, "the saved acknowledgement");
+        let again = SpoolReader::new(dir.path(), spool.acked_through()).read(u64::MAX, 10, 1 << 20).expect("read");
+        assert_eq!(
+            bodies(&again).iter().map(|b| b.1.as_str()).collect::<Vec<_>>(),
+            vec!["b", "c"],
+            "sent again; the server deduplicates"
+        );
     }
 
     #[test]
