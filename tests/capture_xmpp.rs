@@ -234,3 +234,46 @@ fn xmpp_through_socks5_and_a_routed_listener_is_recorded_with_starttls_blocked()
     assert!(who.contains(&("alice@example.test", "xmpp")) && who.contains(&("bob@example.test", "xmpp")), "{who:?}");
     proxy.stop();
 }
+
+#[test]
+fn strict_mode_answers_an_unrecordable_xmpp_message_with_an_error_stanza() {
+    let archive = Archive::start();
+    let dir = archive.tmp.path();
+    let (xmpp, _prosody) = prosody(dir);
+    let route = free_addr();
+    // Nothing listens on the server URL: express spool, strict mode, so no
+    // message can be acknowledged.
+    let mut proxy = Peer::spawn(
+        "verbatim-proxy",
+        Command::new(proxy_bin())
+            .args(["--route", &format!("{route}={xmpp}"), "--server", &format!("http://{}", free_addr())])
+            .args(["--token", &archive.ingest, "--source", "proxy-xmpp", "--xmpp-ports", &xmpp.port().to_string()])
+            .args(["--mode", "strict", "--spool-mode", "express", "--strict-wait-ms", "1000"])
+            .arg("--spool")
+            .arg(dir.join("spool"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    proxy.wait_listening(route);
+    let mut alice = Client::start(dir, "alice", route, None, true);
+    let mut carol = Client::start(dir, "carol", xmpp, None, false);
+    alice.command("msg", &format!("carol@{DOMAIN}"), "must not pass unrecorded");
+    alice.wait_for("the error stanza", |v| {
+        v["event"] == "error"
+            && v["from"].as_str().is_some_and(|f| f.starts_with("carol@example.test"))
+            && v["condition"] == "resource-constraint"
+            && v["text"].as_str().is_some_and(|t| t.contains("NOT sent"))
+    });
+    // Carol hears nothing; what she says to alice is withheld too.
+    carol.command("msg", &format!("alice@{DOMAIN}"), "withheld on the way in");
+    alice.wait_for("the notice of the withheld message", |v| {
+        v["type"] == "headline" && v["body"].as_str().is_some_and(|b| b.contains("was withheld"))
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    while let Ok(v) = carol.events.try_recv() {
+        carol.seen.push(v);
+    }
+    assert!(!carol.seen.iter().any(|v| v["body"] == "must not pass unrecorded"), "{:#?}", carol.seen);
+    assert!(!alice.seen.iter().any(|v| v["body"] == "withheld on the way in"), "{:#?}", alice.seen);
+    proxy.stop();
+}

@@ -13,7 +13,8 @@ Reads commands on stdin, one per line (arguments tab-separated):
     muc<TAB>ROOM<TAB>TEXT     a groupchat message
     quit
 Writes one JSON object per line on stdout: {"event": "ready"} once online,
-{"event": "message", "from", "type", "body"} per message received, and
+{"event": "message", "from", "type", "body"} per message received,
+{"event": "error", "from", "id", "condition", "text"} per error stanza, and
 {"event": "disconnected"} at the end. Text arrives JSON-escaped on stdin
 too (`\\n`, `\\t`, `\\u…`), so any text can be sent.
 """
@@ -47,7 +48,10 @@ class Client(slixmpp.ClientXMPP):
         emit({"event": "ready", "jid": str(self.boundjid)})
 
     def on_message(self, msg):
-        if msg["body"] and msg["type"] in ("chat", "normal", "groupchat", "headline"):
+        if msg["type"] == "error":
+            emit({"event": "error", "from": str(msg["from"]), "id": msg["id"], "condition": msg["error"]["condition"],
+                  "text": msg["error"]["text"]})
+        elif msg["body"] and msg["type"] in ("chat", "normal", "groupchat", "headline"):
             emit({"event": "message", "from": str(msg["from"]), "type": msg["type"], "body": msg["body"]})
 
     def command(self, line):

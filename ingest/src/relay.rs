@@ -62,6 +62,11 @@ pub trait Session: Send {
     fn feed(&mut self, flow: Flow, data: &[u8]) -> Vec<Unit>;
     /// Bytes that tell the user something (an IRC NOTICE, an XMPP message).
     fn notice(&self, text: &str) -> Vec<u8>;
+    /// Bytes that tell the user a chat unit was withheld (XMPP answers the
+    /// sender's message with an error stanza); a notice by default.
+    fn refuse(&self, _flow: Flow, _captures: &[Capture], text: &str) -> Vec<u8> {
+        self.notice(text)
+    }
     /// The user's name on the network, once known.
     fn user(&self) -> Option<String>;
     /// `irc`, `xmpp`, or `tcp` for undecoded traffic.
@@ -165,6 +170,7 @@ impl Conn {
         let user = self.user();
         let network = lock(&self.session).network();
         let mut notices = Vec::new();
+        let mut refusals = Vec::new();
         let mut disclaimers = Vec::new();
         self.disclaimers(&units, &user, now, &mut notices, &mut disclaimers);
         let mut extra = Vec::new();
@@ -214,7 +220,8 @@ impl Conn {
                             notices.push("Verbatim: a line too long to record was not sent.".to_owned());
                         }
                     } else if chat && recorded.is_err() {
-                        notices.push(withheld_notice(flow, &u.captures));
+                        let text = withheld_notice(flow, &u.captures);
+                        refusals.push(lock(&self.session).refuse(flow, &u.captures, &text));
                     } else {
                         forward.extend(u.bytes);
                     }
@@ -224,11 +231,14 @@ impl Conn {
                 }
             }
         }
-        if !notices.is_empty() {
+        if !notices.is_empty() || !refusals.is_empty() {
             let mut c = client.lock().await;
             for n in &notices {
                 let bytes = lock(&self.session).notice(n);
                 c.write_all(&bytes).await?;
+            }
+            for r in &refusals {
+                c.write_all(r).await?;
             }
             c.flush().await?;
         }

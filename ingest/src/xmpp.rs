@@ -462,6 +462,27 @@ impl Session for XmppSession {
         .into_bytes()
     }
 
+    /// A message the user sent that was withheld is answered as the network
+    /// would answer an undeliverable one: an error stanza from the recipient
+    /// with the message's id (RFC 6120 §8.3), `wait` / resource-constraint.
+    fn refuse(&self, flow: Flow, captures: &[Capture], text: &str) -> Vec<u8> {
+        let chat = captures.iter().find(|c| c.is_chat());
+        let (Flow::Outbound, Some(c)) = (flow, chat) else { return self.notice(text) };
+        let from = c.attrs.get("xmpp.to").cloned().or_else(|| c.channel.clone()).unwrap_or_default();
+        let to = self.jid.clone().unwrap_or_else(|| self.me());
+        let id = c.attrs.get("xmpp.id").map(|i| format!(" id='{}'", escape(i))).unwrap_or_default();
+        format!(
+            "<message type='error' from='{}' to='{}'{id}><body>{}</body><error type='wait'>\
+             <resource-constraint xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>\
+             <text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>{}</text></error></message>",
+            escape(&from),
+            escape(&to),
+            escape(c.body.as_deref().unwrap_or("")),
+            escape(text)
+        )
+        .into_bytes()
+    }
+
     fn user(&self) -> Option<String> {
         self.jid.as_deref().map(|j| bare(j).to_owned())
     }
@@ -653,6 +674,29 @@ mod tests {
             s.feed(Flow::Outbound, b"\x16\x03\x01\x00\x05hello")[0].bytes,
             b"\x16\x03\x01\x00\x05hello".to_vec()
         );
+    }
+
+    #[test]
+    fn a_withheld_message_is_answered_with_an_error_stanza() {
+        let mut s = XmppSession::new(StartTls::Block, 1 << 16);
+        s.feed(Flow::Outbound, CLIENT_OPEN.as_bytes());
+        s.feed(Flow::Inbound, b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams'>");
+        s.feed(Flow::Inbound, b"<iq type='result' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><jid>alice@example.test/desk</jid></bind></iq>");
+        let u = s.feed(
+            Flow::Outbound,
+            b"<message to='bob@example.test' type='chat' id='m7'><body>a &lt; b</body></message>",
+        );
+        let out = String::from_utf8(s.refuse(Flow::Outbound, &u[0].captures, "not recorded")).expect("utf8");
+        assert!(
+            out.starts_with("<message type='error' from='bob@example.test' to='alice@example.test/desk' id='m7'>"),
+            "{out}"
+        );
+        assert!(
+            out.contains("<resource-constraint xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>")
+                && out.contains("a &lt; b")
+        );
+        let inbound = String::from_utf8(s.refuse(Flow::Inbound, &u[0].captures, "withheld")).expect("utf8");
+        assert!(inbound.starts_with("<message type='headline'"), "{inbound}");
     }
 
     #[test]
