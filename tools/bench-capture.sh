@@ -20,6 +20,8 @@ TOKEN=$("$BIN/verbatim" --data-dir "$W/data" token create --role ingest --source
 VERBATIM_HTTP_LISTEN="127.0.0.1:$PORT" VERBATIM_LOG=warn "$BIN/verbatim" --data-dir "$W/data" serve 2>"$W/server.log" &
 SERVER_PID=$!
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
+# Let the build's writeback finish: it would otherwise sit in the fsync figures.
+sync; sleep 5
 echo "machine: $(nproc) cores; $(uptime)"
 BENCH=$(ls -t "${CARGO_TARGET_DIR:-target}"/release/deps/capture-* | grep -v '\.d$' | head -1)
 PROXY_BIN="$BIN/verbatim-proxy" SERVER_URL="http://127.0.0.1:$PORT" TOKEN="$TOKEN" WORK="$W" \

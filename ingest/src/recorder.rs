@@ -493,6 +493,12 @@ fn send_loop(
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             *guard
         };
+        let through = if config.linger.is_zero() || through <= acked || through == read_all_through {
+            through
+        } else {
+            std::thread::sleep(config.linger);
+            *lock(&shared.durable.0)
+        };
         let batch = match reader.read(through, config.batch_events, config.batch_bytes) {
             Ok(b) => b,
             Err(e) => {

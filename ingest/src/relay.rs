@@ -147,7 +147,8 @@ impl Conn {
     }
 
     async fn pump<R: AsyncRead + Unpin>(self: Arc<Self>, flow: Flow, mut from: R, to: Writer, client: Writer) -> u64 {
-        let mut buf = vec![0u8; 16 << 10];
+        // Small: a proxy holds tens of thousands of these (two per connection).
+        let mut buf = vec![0u8; 4 << 10];
         let mut total = 0u64;
         loop {
             let n = match from.read(&mut buf).await {

@@ -120,7 +120,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let recorder = Recorder::start(RecorderConfig {
         source: args.source.clone(),
         spool,
-        sender: SenderConfig::new(args.server.clone(), args.token.clone()),
+        sender: SenderConfig {
+            // Only strict mode over an express spool waits for the server's
+            // acknowledgement; otherwise events may gather for a moment.
+            linger: if args.mode == Logging::Strict && args.spool_mode == SpoolMode::Express {
+                Duration::ZERO
+            } else {
+                Duration::from_millis(20)
+            },
+            ..SenderConfig::new(args.server.clone(), args.token.clone())
+        },
         flush_every: Duration::from_secs(1),
         queue: 65_536,
     })

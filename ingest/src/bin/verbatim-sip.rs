@@ -171,7 +171,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let recorder = Recorder::start(RecorderConfig {
         source: args.source.clone(),
         spool,
-        sender: SenderConfig::new(args.server.clone(), args.token.clone()),
+        // 200 OK waits for the spool, not the server: events may gather.
+        sender: SenderConfig {
+            linger: Duration::from_millis(20),
+            ..SenderConfig::new(args.server.clone(), args.token.clone())
+        },
         flush_every: Duration::from_secs(1),
         queue: 65_536,
     })
