@@ -1,12 +1,21 @@
-//! Ships spooled events to the server's `POST /v1/events` as NDJSON batches.
+//! The sender thread: ships spooled events to the server's `POST /v1/events`
+//! as NDJSON batches.
 //! The server deduplicates by `(source, seq)`, so a batch whose answer was lost
 //! is simply sent again. Several server URLs may be given: after repeated
 //! failures the sender moves to the next (connectors behind a load balancer
 //! "disconnect on failure" the same way).
 
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::SyncSender;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
+
+use crate::recorder::{lock, Request, Shared};
+use crate::spool::SpoolReader;
 
 #[derive(Clone, Debug)]
 pub struct SenderConfig {
@@ -141,6 +150,109 @@ impl Failover {
         }
         let exp = self.min.saturating_mul(1 << (self.failures - 1).min(16));
         server_said.unwrap_or(exp).clamp(self.min, self.max)
+    }
+}
+
+pub(crate) fn send_loop(
+    config: SenderConfig,
+    mut reader: SpoolReader,
+    mut acked: u64,
+    shared: Arc<Shared>,
+    tx: SyncSender<Request>,
+    rejected: std::path::PathBuf,
+) {
+    let agent: ureq::Agent =
+        ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(config.timeout)).build().into();
+    let mut failover = Failover::new(&config);
+    // Seqs reserved but never written (after a restart) leave `durable`
+    // ahead of what can be read: wait for it to move before looking again.
+    let mut read_all_through = 0;
+    while !shared.stop.load(Ordering::SeqCst) {
+        let through = {
+            let guard = lock(&shared.durable.0);
+            let (guard, _) = shared
+                .durable
+                .1
+                .wait_timeout_while(guard, Duration::from_secs(1), |d| {
+                    (*d <= acked || *d == read_all_through) && !shared.stop.load(Ordering::SeqCst)
+                })
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            *guard
+        };
+        let through = if config.linger.is_zero() || through <= acked || through == read_all_through {
+            through
+        } else {
+            std::thread::sleep(config.linger);
+            *lock(&shared.durable.0)
+        };
+        let batch = match reader.read(through, config.batch_events, config.batch_bytes) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!("reading the spool: {e}");
+                std::thread::sleep(config.backoff_max);
+                reader.rewind(acked);
+                continue;
+            }
+        };
+        let Some(&(last, _)) = batch.last() else {
+            read_all_through = through;
+            continue;
+        };
+        let url = failover.url().to_owned();
+        lock(&shared.status).server.clone_from(&url);
+        match post_batch(&agent, &url, &config.token, &batch) {
+            Outcome::Stored => {
+                failover.succeeded();
+                acked = last;
+                lock(&shared.status).last_error = None;
+                if tx.send(Request::Ack(last)).is_err() {
+                    return;
+                }
+            }
+            Outcome::Retry { after, why } => {
+                tracing::warn!("sending to the server: {why}");
+                lock(&shared.status).last_error = Some(why);
+                std::thread::sleep(failover.failed(after));
+                reader.rewind(acked);
+            }
+            Outcome::Refused { why, .. } => {
+                // One event at a time, so only what the server refuses is set
+                // aside and nothing else waits behind it.
+                tracing::error!("the server refused a batch, sending it event by event: {why}");
+                for one in batch.chunks(1) {
+                    match post_batch(&agent, &url, &config.token, one) {
+                        Outcome::Stored => {}
+                        Outcome::Refused { why, .. } => {
+                            set_aside(&rejected, &one[0].1, &why);
+                            lock(&shared.status).refused += 1;
+                        }
+                        Outcome::Retry { why, .. } => {
+                            lock(&shared.status).last_error = Some(why);
+                            break;
+                        }
+                    }
+                    acked = one[0].0;
+                    if tx.send(Request::Ack(acked)).is_err() {
+                        return;
+                    }
+                }
+                reader.rewind(acked);
+            }
+        }
+    }
+}
+
+/// Keeps an event the server refused, with the reason, for an operator.
+fn set_aside(path: &std::path::Path, json: &str, why: &str) {
+    tracing::error!("the server refused an event; kept in {}: {why}", path.display());
+    let line = format!("{{\"why\":{},\"event\":{json}}}\n", serde_json::Value::String(why.to_owned()));
+    let written = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(line.as_bytes()).and_then(|()| f.sync_data()));
+    if let Err(e) = written {
+        tracing::error!("writing {}: {e}", path.display());
     }
 }
 
