@@ -92,6 +92,20 @@ fn sip_messages_from_sipp_are_recorded_and_bad_requests_refused_cleanly() {
     let _ = tcp.read_to_string(&mut answer);
     assert!(answer.starts_with("SIP/2.0 413 "), "an endless header is cut off: {answer:?}");
 
+    // CRLF keep-alives over TCP are answered (RFC 5626), then a request on
+    // the same connection is served.
+    let mut tcp = TcpStream::connect(sip).expect("tcp");
+    tcp.set_read_timeout(Some(Duration::from_secs(15))).expect("timeout");
+    tcp.write_all(b"\r\n\r\n").expect("ping");
+    let mut pong = [0u8; 2];
+    tcp.read_exact(&mut pong).expect("pong");
+    assert_eq!(&pong, b"\r\n");
+    let options = message("ka", "").replacen("MESSAGE sip:bob@example.test", "OPTIONS sip:bob@example.test", 1);
+    tcp.write_all(options.replace("CSeq: 1 MESSAGE", "CSeq: 1 OPTIONS").as_bytes()).expect("options");
+    let mut answer = [0u8; 16];
+    tcp.read_exact(&mut answer).expect("answer");
+    assert_eq!(&answer, b"SIP/2.0 200 OK\r\n");
+
     // A retransmission (same Call-ID and CSeq) gets the same answer and is stored once.
     let once = message("retrans-1", "said once, sent twice");
     let first = udp_ask(sip, once.as_bytes());

@@ -179,7 +179,9 @@ pub(crate) fn send_loop(
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             *guard
         };
-        let through = if config.linger.is_zero() || through <= acked || through == read_all_through {
+        // Linger only while less than a batch waits: a backlog goes at once.
+        let small = through.saturating_sub(acked) < config.batch_events as u64;
+        let through = if config.linger.is_zero() || !small || through <= acked || through == read_all_through {
             through
         } else {
             std::thread::sleep(config.linger);

@@ -91,6 +91,9 @@ impl Listener {
         let mut buf = vec![0u8; 65_536];
         loop {
             let Ok((n, peer)) = socket.recv_from(&mut buf).await else { continue };
+            if buf[..n].iter().all(u8::is_ascii_whitespace) {
+                continue; // a keep-alive
+            }
             let (me, socket, bytes) = (self.clone(), socket.clone(), buf[..n].to_vec());
             tokio::spawn(async move {
                 if let Some(a) = me.answer(&bytes).await {
@@ -111,6 +114,16 @@ impl Listener {
         let mut buf = Vec::new();
         let mut chunk = vec![0u8; 16 << 10];
         loop {
+            // CRLFs between messages are keep-alives (RFC 5626: a double CRLF
+            // ping is answered with a CRLF pong), not requests.
+            let blank = buf.iter().take_while(|b| matches!(b, b'\r' | b'\n')).count();
+            if blank > 0 {
+                let ping = buf[..blank].windows(4).any(|w| w == b"\r\n\r\n");
+                buf.drain(..blank);
+                if ping && stream.write_all(b"\r\n").await.is_err() {
+                    return;
+                }
+            }
             match sip::message_len(&buf, self.max) {
                 Ok(Some(len)) => {
                     let bytes: Vec<u8> = buf.drain(..len).collect();
