@@ -148,6 +148,56 @@ fn fsync_reference(dir: &Path) -> (f64, f64) {
     (pct(&ts, 0.5), pct(&ts, 0.99))
 }
 
+/// What strict/recoverable waits for per message, without the network: the
+/// recorder's `record()` (hand-off to the spool thread, write, fdatasync,
+/// answer) alternated with a bare write + fdatasync of the same size on the
+/// same file system, so both see the same disk.
+async fn record_vs_fsync(work: &Path) -> ((f64, f64), (f64, f64)) {
+    use verbatim_ingest::recorder::{Recorder, RecorderConfig};
+    use verbatim_ingest::sender::SenderConfig;
+    use verbatim_ingest::spool::{SpoolConfig, SpoolMode};
+    let dir = work.join("record-probe");
+    let rec = Recorder::start(RecorderConfig {
+        source: "proxy-probe".into(),
+        spool: SpoolConfig::new(&dir, SpoolMode::Recoverable),
+        // Nothing listens there: the sender stays out of the way.
+        sender: SenderConfig::new(vec![format!("http://{}", free_addr())], "t".into()),
+        flush_every: Duration::from_secs(1),
+        queue: 1024,
+    })
+    .expect("recorder");
+    let event = verbatim_schema::WireEvent {
+        source: String::new(),
+        seq: 0,
+        network: "irc".into(),
+        kind: "message".into(),
+        ts: "2026-11-22T00:00:00Z".into(),
+        from: "alice".into(),
+        to: vec!["bob".into()],
+        channel: None,
+        body: Some("latency probe with some text é".into()),
+        direction: Some("outbound".into()),
+        attrs: Default::default(),
+    };
+    let line_len = serde_json::to_vec(&event).expect("json").len() + 10;
+    let mut raw =
+        std::fs::OpenOptions::new().create(true).append(true).open(dir.join("raw-probe")).expect("probe file");
+    let (mut r, mut f) = (Vec::new(), Vec::new());
+    for _ in 0..2000 {
+        let t = Instant::now();
+        rec.record(vec![event.clone()], false).await.expect("record");
+        r.push(t.elapsed());
+        let t = Instant::now();
+        raw.write_all(&vec![b'x'; line_len]).expect("write");
+        raw.sync_data().expect("fdatasync");
+        f.push(t.elapsed());
+    }
+    tokio::task::spawn_blocking(move || rec.shutdown()).await.expect("shutdown");
+    r.sort_unstable();
+    f.sort_unstable();
+    ((pct(&r, 0.5), pct(&r, 0.99)), (pct(&f, 0.5), pct(&f, 0.99)))
+}
+
 fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr")
 }
@@ -213,6 +263,11 @@ async fn main() {
     let (f50, f99) = fsync_reference(&work);
     println!("fdatasync of 256 B on this disk, same run: p50 {f50:.3} ms, p99 {f99:.3} ms");
 
+    let ((r50, r99), (w50, w99)) = record_vs_fsync(&work).await;
+    println!(
+        "one strict wait, alone: record() in a recoverable spool p50 {r50:.3} ms  p99 {r99:.3} ms; \
+         interleaved bare write+fdatasync p50 {w50:.3} ms  p99 {w99:.3} ms"
+    );
     let direct = latencies(echo, n).await;
     let direct_tp = throughput(echo, 8, n).await;
     println!(
