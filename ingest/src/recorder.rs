@@ -212,27 +212,20 @@ impl Recorder {
         for e in &mut events {
             e.source.clone_from(&self.source);
         }
-        let keys: Vec<GapKey> = if gap_on_failure {
-            events
-                .iter()
-                .map(|e| GapKey { network: e.network.clone(), from: e.from.clone(), why: String::new() })
-                .collect()
-        } else {
-            Vec::new()
-        };
         match self.tx.try_send(Request::Append { events, reply, gap_on_failure }) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => {
+            Err(TrySendError::Full(Request::Append { events, gap_on_failure: true, .. })) => {
                 let now = UnixNanos::now();
                 let mut overflow = lock(&self.shared.overflow);
-                for mut k in keys {
-                    k.why = "the spool queue was full".into();
+                for e in events {
+                    let k = GapKey { network: e.network, from: e.from, why: "the spool queue was full".into() };
                     let c = overflow.entry(k).or_insert(GapCount { events: 0, first: now, last: now });
                     c.events += 1;
                     c.last = now;
                 }
                 Err(RecordError::QueueFull)
             }
+            Err(TrySendError::Full(_)) => Err(RecordError::QueueFull),
             Err(TrySendError::Disconnected(_)) => Err(RecordError::Stopped),
         }
     }
@@ -336,7 +329,7 @@ impl SpoolThread {
                 Request::Stop => stop = true,
                 Request::Ack(seq) => self.ack(seq),
                 Request::Append { events: evs, reply, gap_on_failure } => {
-                    if let Some(bad) = evs.iter().find_map(|e| self.limits.validate(e.clone()).err()) {
+                    if let Some(bad) = evs.iter().find_map(|e| self.limits.check(e).err()) {
                         let err = RecordError::Invalid(format!("field `{}`: {}", bad.field, bad.problem));
                         self.failed(&evs, gap_on_failure, &err);
                         if let Some(reply) = reply {

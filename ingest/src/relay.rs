@@ -168,8 +168,10 @@ impl Conn {
     /// Records and forwards what one read produced.
     async fn handle(&self, flow: Flow, units: Vec<Unit>, to: &Writer, client: &Writer) -> std::io::Result<()> {
         let now = UnixNanos::now();
-        let user = self.user();
-        let network = lock(&self.session).network();
+        let (user, network) = {
+            let s = lock(&self.session);
+            (s.user().unwrap_or_else(|| self.fallback_user.clone()), s.network())
+        };
         let mut notices = Vec::new();
         let mut refusals = Vec::new();
         let mut disclaimers = Vec::new();
@@ -206,9 +208,9 @@ impl Conn {
                 let recorded = if events.is_empty() {
                     Ok(())
                 } else if has_chat {
-                    self.durable(events.clone()).await
+                    self.durable(events).await
                 } else {
-                    self.recorder.submit(events.clone());
+                    self.recorder.submit(events);
                     Ok(())
                 };
                 if let Err(e) = &recorded {
@@ -255,10 +257,12 @@ impl Conn {
     /// acknowledged by the server (express).
     async fn durable(&self, events: Vec<WireEvent>) -> Result<(), RecordError> {
         let wait = self.config.strict_wait;
-        let seq = tokio::time::timeout(wait, self.recorder.record(events.clone(), false))
+        // Only express mode needs the events again (to mark them withheld).
+        let express = (self.recorder.mode() == SpoolMode::Express).then(|| events.clone());
+        let seq = tokio::time::timeout(wait, self.recorder.record(events, false))
             .await
             .map_err(|_| RecordError::NotAcked(wait))??;
-        if self.recorder.mode() == SpoolMode::Express {
+        if let Some(events) = express {
             if let Err(err) = self.recorder.wait_acked(seq, wait).await {
                 // Spooled but not delivered: say so beside it in the archive.
                 let withheld = events

@@ -87,6 +87,25 @@ impl TimePlausibility {
 impl Limits {
     /// Checks a wire event and turns it into an [`Event`].
     pub fn validate(&self, w: WireEvent) -> Result<Event, ValidationError> {
+        let (ts, direction) = self.check(&w)?;
+        Ok(Event {
+            source: SourceId::new(w.source),
+            seq: w.seq,
+            network: w.network,
+            kind: w.kind,
+            ts,
+            from: w.from,
+            to: w.to,
+            channel: w.channel,
+            body: w.body.unwrap_or_default(),
+            direction,
+            attrs: w.attrs,
+        })
+    }
+
+    /// Checks a wire event without taking it (a front end checks what it
+    /// spools); returns the parsed time and direction.
+    pub fn check(&self, w: &WireEvent) -> Result<(EventTime, Option<Direction>), ValidationError> {
         self.name("source", &w.source, |c| c.is_ascii_alphanumeric() || "._:@-".contains(c))?;
         self.name("network", &w.network, |c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))?;
         self.name("kind", &w.kind, |c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))?;
@@ -112,7 +131,7 @@ impl Limits {
                 return Err(invalid("body", format!("a `{}` needs a body", w.kind)));
             }
         }
-        let body = w.body.unwrap_or_default();
+        let body = w.body.as_deref().unwrap_or_default();
         if body.len() > self.max_body_bytes {
             return Err(invalid(
                 "body",
@@ -142,19 +161,7 @@ impl Limits {
         if w.attrs.keys().any(String::is_empty) {
             return Err(invalid("attrs", "empty key"));
         }
-        Ok(Event {
-            source: SourceId::new(w.source),
-            seq: w.seq,
-            network: w.network,
-            kind: w.kind,
-            ts,
-            from: w.from,
-            to: w.to,
-            channel: w.channel,
-            body,
-            direction,
-            attrs: w.attrs,
-        })
+        Ok((ts, direction))
     }
 
     fn name(&self, field: &'static str, s: &str, allowed: impl Fn(char) -> bool) -> Result<(), ValidationError> {
