@@ -11,6 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 use verbatim_schema::UnixNanos;
 
 use crate::capture::{Capture, Flow, Lines, Piece};
+use crate::frontend::lock;
 use crate::irc;
 use crate::recorder::Recorder;
 use crate::relay::{Conn, Opaque, RelayConfig, Session, Unit};
@@ -353,10 +354,6 @@ impl Session for IrcSession {
     fn network(&self) -> &'static str {
         irc::NETWORK
     }
-}
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

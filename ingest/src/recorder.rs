@@ -20,6 +20,7 @@ use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 use verbatim_schema::{Limits, UnixNanos, WireEvent};
 
+use crate::frontend::lock;
 use crate::sender::{send_loop, SenderConfig};
 use crate::spool::{Spool, SpoolConfig, SpoolError, SpoolMode, SpoolReader};
 
@@ -456,8 +457,4 @@ fn gap_event(source: &str, k: &GapKey, c: &GapCount) -> WireEvent {
         direction: None,
         attrs,
     }
-}
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

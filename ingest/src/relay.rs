@@ -17,6 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use verbatim_schema::{UnixNanos, WireEvent};
 
 use crate::capture::{Capture, Flow};
+use crate::frontend::lock;
 use crate::recorder::{RecordError, Recorder};
 use crate::spool::SpoolMode;
 
@@ -319,8 +320,4 @@ fn withheld_notice(flow: Flow, captures: &[Capture]) -> String {
             format!("Verbatim: a message from {from} to {to} was withheld: the archive cannot record it right now.")
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

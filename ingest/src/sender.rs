@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::recorder::{lock, Request, Shared};
+use crate::frontend::lock;
+use crate::recorder::{Request, Shared};
 use crate::spool::SpoolReader;
 
 #[derive(Clone, Debug)]

@@ -1,18 +1,16 @@
 //! `verbatim-proxy`: the capture proxy (SOCKS and routed listeners).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
 use tokio::net::TcpListener;
+use verbatim_ingest::frontend::{self, RecorderArgs};
 use verbatim_ingest::proxy::{Allow, Proxy, ProxyConfig, Via};
-use verbatim_ingest::recorder::{Recorder, RecorderConfig};
 use verbatim_ingest::relay::{Logging, RelayConfig};
-use verbatim_ingest::sender::SenderConfig;
 use verbatim_ingest::socks::{Target, Users};
-use verbatim_ingest::spool::{SpoolConfig, SpoolMode};
+use verbatim_ingest::spool::SpoolMode;
 use verbatim_ingest::xmpp::StartTls;
 
 /// Records IRC and XMPP chat passing through it, and the existence of every
@@ -26,27 +24,14 @@ struct Args {
     /// Routed listener: LISTEN=UPSTREAM (both HOST:PORT), repeatable.
     #[arg(long = "route", value_name = "LISTEN=UPSTREAM")]
     routes: Vec<String>,
-    /// Server URLs, comma-separated: the next is used after repeated failures.
-    #[arg(long, value_delimiter = ',', required = true)]
-    server: Vec<String>,
-    /// Ingest token, bound on the server to --source.
-    #[arg(long, env = "VERBATIM_TOKEN", hide_env_values = true)]
-    token: String,
-    /// This capture point's source id.
-    #[arg(long)]
-    source: String,
-    /// Spool directory.
-    #[arg(long)]
-    spool: PathBuf,
+    #[command(flatten)]
+    recorder: RecorderArgs,
     /// strict: chat passes only once recorded; relaxed: chat always passes.
     #[arg(long, default_value = "relaxed")]
     mode: Logging,
     /// express: spool written, not fsynced; recoverable: fsynced.
     #[arg(long, default_value = "recoverable")]
     spool_mode: SpoolMode,
-    /// Spool size past which new events are refused (and an alarm raised).
-    #[arg(long, default_value_t = 1 << 30)]
-    spool_max_bytes: u64,
     /// How long strict mode waits for a message to be recorded, in ms.
     #[arg(long, default_value_t = 5000)]
     strict_wait_ms: u64,
@@ -82,25 +67,8 @@ struct Args {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: starting the runtime: {e}");
-            std::process::exit(2);
-        }
-    };
-    if let Err(e) = runtime.block_on(run(args)) {
-        eprintln!("error: {e:#}");
-        std::process::exit(2);
-    }
+    frontend::main_with(run(args));
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -116,24 +84,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         })
         .map(|u| u.context("--socks-user wants USER:PASSWORD"))
         .transpose()?;
-    let spool = SpoolConfig { max_bytes: args.spool_max_bytes, ..SpoolConfig::new(&args.spool, args.spool_mode) };
-    let recorder = Recorder::start(RecorderConfig {
-        source: args.source.clone(),
-        spool,
-        sender: SenderConfig {
-            // Only strict mode over an express spool waits for the server's
-            // acknowledgement; otherwise events may gather for a moment.
-            linger: if args.mode == Logging::Strict && args.spool_mode == SpoolMode::Express {
-                Duration::ZERO
-            } else {
-                Duration::from_millis(20)
-            },
-            ..SenderConfig::new(args.server.clone(), args.token.clone())
-        },
-        flush_every: Duration::from_secs(1),
-        queue: 65_536,
-    })
-    .with_context(|| format!("opening the spool {}", args.spool.display()))?;
+    // Only strict mode over an express spool waits for the server's
+    // acknowledgement; otherwise events may gather for a moment.
+    let linger = if args.mode == Logging::Strict && args.spool_mode == SpoolMode::Express {
+        Duration::ZERO
+    } else {
+        Duration::from_millis(20)
+    };
+    let recorder = args.recorder.start(args.spool_mode, linger)?;
     let proxy = Arc::new(Proxy {
         config: ProxyConfig {
             relay: Arc::new(RelayConfig {
@@ -172,9 +130,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         println!("route listening on {} to {target}", l.local_addr()?);
         tokio::spawn(proxy.clone().serve_routed(l, target));
     }
-    println!("mode {:?}, spool {:?} in {}", args.mode, args.spool_mode, args.spool.display());
-    verbatim_ingest::wait_for_signal().await;
-    tracing::info!("stopping: closing the spool");
-    tokio::task::spawn_blocking(move || recorder.shutdown()).await?;
-    Ok(())
+    println!("mode {:?}, spool {:?} in {}", args.mode, args.spool_mode, args.recorder.spool.display());
+    frontend::serve_until_signal(recorder).await
 }

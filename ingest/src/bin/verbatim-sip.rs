@@ -3,7 +3,6 @@
 //! in the recoverable spool (fsynced); if it cannot be, 503 with Retry-After.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,10 +10,10 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use verbatim_ingest::recorder::{Recorder, RecorderConfig};
-use verbatim_ingest::sender::SenderConfig;
+use verbatim_ingest::frontend::{self, lock, RecorderArgs};
+use verbatim_ingest::recorder::Recorder;
 use verbatim_ingest::sip::{self, Action, Answered};
-use verbatim_ingest::spool::{SpoolConfig, SpoolMode};
+use verbatim_ingest::spool::SpoolMode;
 use verbatim_schema::UnixNanos;
 
 /// Records SIP MESSAGE requests (text/plain, message/cpim) into a Verbatim archive.
@@ -27,19 +26,10 @@ struct Args {
     /// TCP listener address.
     #[arg(long)]
     tcp: Option<String>,
-    /// Server URLs, comma-separated: the next is used after repeated failures.
-    #[arg(long, value_delimiter = ',', required = true)]
-    server: Vec<String>,
-    /// Ingest token, bound on the server to --source.
-    #[arg(long, env = "VERBATIM_TOKEN", hide_env_values = true)]
-    token: String,
-    #[arg(long)]
-    source: String,
-    /// Spool directory (always recoverable: fsynced before 200 OK).
-    #[arg(long)]
-    spool: PathBuf,
-    #[arg(long, default_value_t = 1 << 30)]
-    spool_max_bytes: u64,
+    /// Where events go and wait (the spool is always recoverable here:
+    /// fsynced before 200 OK).
+    #[command(flatten)]
+    recorder: RecorderArgs,
     /// Largest SIP message accepted, in bytes.
     #[arg(long, default_value_t = 64 << 10)]
     max_message: usize,
@@ -149,50 +139,17 @@ impl Listener {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: starting the runtime: {e}");
-            std::process::exit(2);
-        }
-    };
-    if let Err(e) = runtime.block_on(run(args)) {
-        eprintln!("error: {e:#}");
-        std::process::exit(2);
-    }
+    frontend::main_with(run(args));
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
     if args.udp.is_none() && args.tcp.is_none() {
         bail!("nothing to listen on: give --udp and/or --tcp");
     }
-    let spool =
-        SpoolConfig { max_bytes: args.spool_max_bytes, ..SpoolConfig::new(&args.spool, SpoolMode::Recoverable) };
-    let recorder = Recorder::start(RecorderConfig {
-        source: args.source.clone(),
-        spool,
-        // 200 OK waits for the spool, not the server: events may gather.
-        sender: SenderConfig {
-            linger: Duration::from_millis(20),
-            ..SenderConfig::new(args.server.clone(), args.token.clone())
-        },
-        flush_every: Duration::from_secs(1),
-        queue: 65_536,
-    })
-    .with_context(|| format!("opening the spool {}", args.spool.display()))?;
+    // 200 OK waits for the spool, not the server: events may gather.
+    let recorder = args.recorder.start(SpoolMode::Recoverable, Duration::from_millis(20))?;
     let listener = Arc::new(Listener {
         recorder: recorder.clone(),
         answered: Mutex::new(Answered::default()),
@@ -209,8 +166,5 @@ async fn run(args: Args) -> anyhow::Result<()> {
         println!("sip tcp listening on {}", l.local_addr()?);
         tokio::spawn(listener.clone().serve_tcp(l));
     }
-    verbatim_ingest::wait_for_signal().await;
-    tracing::info!("stopping: closing the spool");
-    tokio::task::spawn_blocking(move || recorder.shutdown()).await?;
-    Ok(())
+    frontend::serve_until_signal(recorder).await
 }
