@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{create_token, free_addr, proxy_bin, sql_rows, wait_until, Archive, Peer, Server};
+use common::{create_token, free_addr, maybe_through_socks5, proxy_bin, sql_rows, wait_until, Archive, Peer, Server};
 use serde_json::Value;
 
 /// An ngircd on a loopback port.
@@ -87,20 +87,7 @@ impl Ii {
     /// `how`: connect directly to `addr`, or through the SOCKS5 proxy `socks`.
     fn start(dir: &Path, nick: &str, addr: SocketAddr, socks: Option<SocketAddr>) -> Ii {
         let base = dir.join(format!("ii-{nick}"));
-        let mut cmd = match socks {
-            Some(s) => {
-                let conf = dir.join(format!("proxychains-{nick}.conf"));
-                std::fs::write(
-                    &conf,
-                    format!("strict_chain\nquiet_mode\n[ProxyList]\nsocks5 {} {}\n", s.ip(), s.port()),
-                )
-                .expect("proxychains conf");
-                let mut c = Command::new("proxychains4");
-                c.arg("-f").arg(conf).arg("ii");
-                c
-            }
-            None => Command::new("ii"),
-        };
+        let mut cmd = maybe_through_socks5(dir, nick, socks, "ii");
         cmd.args(["-s", &addr.ip().to_string(), "-p", &addr.port().to_string(), "-n", nick, "-i"])
             .arg(&base)
             .stdout(Stdio::null())
@@ -171,6 +158,18 @@ fn messages(server: &Server, token: &str, kind: &str) -> Vec<Value> {
 
 fn body_of(r: &Value) -> &str {
     r[3].as_str().unwrap_or("")
+}
+
+/// The bodies of one kind of event, in log order.
+fn bodies(server: &Server, token: &str, kind: &str) -> Vec<String> {
+    messages(server, token, kind).iter().map(|r| body_of(r).to_owned()).collect()
+}
+
+fn assert_no_duplicates(stored: &[String]) {
+    let mut unique = stored.to_vec();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), stored.len(), "duplicated: {stored:?}");
 }
 
 #[test]
@@ -317,20 +316,31 @@ impl LateArchive {
     }
 }
 
-#[test]
-fn strict_mode_with_the_server_down_relays_no_unrecorded_chat() {
+/// An archive whose server is not up yet, an ngircd, a proxy (with
+/// `extra` flags) sending to that server, Alice through the proxy's routed
+/// listener and Carol straight to the IRC server.
+struct ServerDown {
+    alice: Ii,
+    carol: Ii,
+    p: Proxy,
+    _ircd: Ircd,
+    late: LateArchive,
+}
+
+fn with_the_server_down(extra: &[&str]) -> ServerDown {
     let late = LateArchive::new();
     let dir = late.tmp.path();
     let ircd = ngircd(dir);
-    let p = proxy(
-        late.addr,
-        &late.ingest,
-        &dir.join("spool"),
-        ircd.addr,
-        &["--mode", "strict", "--spool-mode", "express", "--strict-wait-ms", "2000"],
-    );
+    let p = proxy(late.addr, &late.ingest, &dir.join("spool"), ircd.addr, extra);
     let alice = Ii::start(dir, "alice", p.route, None);
     let carol = Ii::start(dir, "carol", ircd.addr, None);
+    ServerDown { alice, carol, p, _ircd: ircd, late }
+}
+
+#[test]
+fn strict_mode_with_the_server_down_relays_no_unrecorded_chat() {
+    let ServerDown { alice, carol, p, late, _ircd } =
+        with_the_server_down(&["--mode", "strict", "--spool-mode", "express", "--strict-wait-ms", "2000"]);
     for i in 0..3 {
         alice.msg("carol", &format!("blocked-{i}"));
     }
@@ -349,8 +359,7 @@ fn strict_mode_with_the_server_down_relays_no_unrecorded_chat() {
         messages(&server, &late.auditor, "message").iter().any(|r| body_of(r) == "recorded-then-sent")
     });
     // What was spooled but never relayed is in the archive, marked withheld.
-    let withheld: Vec<String> =
-        messages(&server, &late.auditor, "withheld").iter().map(|r| body_of(r).to_owned()).collect();
+    let withheld = bodies(&server, &late.auditor, "withheld");
     for i in 0..3 {
         assert!(withheld.contains(&format!("blocked-{i}")), "{withheld:?}");
     }
@@ -361,18 +370,8 @@ fn strict_mode_with_the_server_down_relays_no_unrecorded_chat() {
 
 #[test]
 fn relaxed_mode_keeps_chat_flowing_and_names_what_the_full_spool_lost() {
-    let late = LateArchive::new();
-    let dir = late.tmp.path();
-    let ircd = ngircd(dir);
-    let p = proxy(
-        late.addr,
-        &late.ingest,
-        &dir.join("spool"),
-        ircd.addr,
-        &["--mode", "relaxed", "--spool-mode", "recoverable", "--spool-max-bytes", "4000"],
-    );
-    let alice = Ii::start(dir, "alice", p.route, None);
-    let carol = Ii::start(dir, "carol", ircd.addr, None);
+    let ServerDown { alice, carol, p, late, _ircd } =
+        with_the_server_down(&["--mode", "relaxed", "--spool-mode", "recoverable", "--spool-max-bytes", "4000"]);
     let n = 30;
     for i in 0..n {
         alice.msg("carol", &format!("relaxed-{i:02} {}", "·".repeat(40)));
@@ -382,12 +381,8 @@ fn relaxed_mode_keeps_chat_flowing_and_names_what_the_full_spool_lost() {
 
     let server = late.start();
     wait_until(60, "the gap event", || !messages(&server, &late.auditor, "gap").is_empty());
-    let stored: Vec<String> =
-        messages(&server, &late.auditor, "message").iter().map(|r| body_of(r).to_owned()).collect();
-    let mut unique = stored.clone();
-    unique.sort();
-    unique.dedup();
-    assert_eq!(unique.len(), stored.len(), "duplicates: {stored:?}");
+    let stored = bodies(&server, &late.auditor, "message");
+    assert_no_duplicates(&stored);
     assert!(!stored.is_empty() && stored.len() < n, "the spool limit should have cut in: {}", stored.len());
     let gaps = messages(&server, &late.auditor, "gap");
     let lost: u64 = gaps
@@ -429,17 +424,12 @@ fn kill9_of_the_proxy_mid_conversation_in_recoverable_mode_loses_and_duplicates_
         carol.read("alice").lines().filter_map(|l| l.split("k9-").nth(1).map(|n| format!("k9-{}", &n[..2]))).collect();
     assert!(!delivered.is_empty() && delivered.len() < n, "kill -9 should cut the conversation: {}", delivered.len());
     wait_until(60, "every delivered message in the archive", || {
-        let stored: Vec<String> =
-            messages(&archive.server, &archive.auditor, "message").iter().map(|r| body_of(r).to_owned()).collect();
+        let stored = bodies(&archive.server, &archive.auditor, "message");
         delivered.iter().all(|d| stored.contains(d))
     });
     std::thread::sleep(Duration::from_secs(2));
-    let stored: Vec<String> =
-        messages(&archive.server, &archive.auditor, "message").iter().map(|r| body_of(r).to_owned()).collect();
-    let mut unique = stored.clone();
-    unique.sort();
-    unique.dedup();
-    assert_eq!(unique.len(), stored.len(), "0 duplicated: {stored:?}");
+    let stored = bodies(&archive.server, &archive.auditor, "message");
+    assert_no_duplicates(&stored);
     for d in &delivered {
         assert!(stored.contains(d), "0 lost: {d} reached carol but not the archive");
     }

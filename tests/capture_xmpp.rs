@@ -11,7 +11,7 @@ use std::process::{ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::Duration;
 
-use common::{free_addr, proxy_bin, sql_rows, wait_until, Archive, Peer};
+use common::{free_addr, maybe_through_socks5, proxy_bin, sql_rows, wait_until, Archive, Peer};
 use serde_json::Value;
 
 const DOMAIN: &str = "example.test";
@@ -79,20 +79,7 @@ struct Client {
 impl Client {
     fn start(dir: &Path, user: &str, addr: SocketAddr, socks: Option<SocketAddr>, proxied: bool) -> Client {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/xmpp-client.py");
-        let mut cmd = match socks {
-            Some(s) => {
-                let conf = dir.join(format!("proxychains-{user}.conf"));
-                std::fs::write(
-                    &conf,
-                    format!("strict_chain\nquiet_mode\n[ProxyList]\nsocks5 {} {}\n", s.ip(), s.port()),
-                )
-                .expect("proxychains conf");
-                let mut c = Command::new("proxychains4");
-                c.arg("-f").arg(conf).arg("/usr/bin/python3");
-                c
-            }
-            None => Command::new("/usr/bin/python3"),
-        };
+        let mut cmd = maybe_through_socks5(dir, user, socks, "/usr/bin/python3");
         cmd.arg(script).args([
             &format!("{user}@{DOMAIN}"),
             &format!("pw-{user}"),

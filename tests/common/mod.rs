@@ -315,3 +315,19 @@ pub fn sql_rows(server: &Server, token: &str, sql: &str) -> Vec<serde_json::Valu
     let v: serde_json::Value = serde_json::from_str(&answer).expect("sql json");
     v["rows"].as_array().cloned().unwrap_or_default()
 }
+
+/// `program`, run directly, or through the SOCKS5 proxy `socks` by
+/// proxychains4 (its config written to `dir`, named after `who`).
+pub fn maybe_through_socks5(dir: &Path, who: &str, socks: Option<SocketAddr>, program: &str) -> Command {
+    match socks {
+        Some(s) => {
+            let conf = dir.join(format!("proxychains-{who}.conf"));
+            std::fs::write(&conf, format!("strict_chain\nquiet_mode\n[ProxyList]\nsocks5 {} {}\n", s.ip(), s.port()))
+                .expect("proxychains conf");
+            let mut c = Command::new("proxychains4");
+            c.arg("-f").arg(conf).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
