@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use tracing::info;
 
 use crate::audit::Audit;
@@ -153,7 +154,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             let listener = crate::tls::TlsListener::new(listener, tls)?;
             axum::serve(listener, router(app.clone())).with_graceful_shutdown(shutdown_signal()).await?
         }
-        None => axum::serve(listener, router(app.clone())).with_graceful_shutdown(shutdown_signal()).await?,
+        None => {
+            // Answers are small and awaited one by one: no Nagle delay on them.
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            axum::serve(listener, router(app.clone())).with_graceful_shutdown(shutdown_signal()).await?
+        }
     }
     info!("shutting down: writing queued batches and sealing the log");
     if let Some(pg) = pg {

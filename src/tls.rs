@@ -83,6 +83,7 @@ impl TlsListener {
                 if tx.is_closed() {
                     return;
                 }
+                let _ = stream.set_nodelay(true);
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
                     let _permit = permit;

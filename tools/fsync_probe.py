@@ -1,12 +1,29 @@
 #!/usr/bin/env python3
-"""fdatasync reference: p50/p99 of (append N bytes + fdatasync) in DIR, as JSON."""
+"""fdatasync reference: p50/p99 of (append N bytes + fdatasync) in DIR, as JSON.
+
+usage: fsync_probe.py DIR [BYTES] [RATE]
+Without RATE the appends run back to back (the disk's queue stays busy);
+with RATE they are paced at RATE per second, as a server at that load
+syncs a disk that is idle between writes.
+"""
 import json, os, sys, time
 d = sys.argv[1] if len(sys.argv) > 1 else "."
 size = int(sys.argv[2]) if len(sys.argv) > 2 else 4096
+rate = float(sys.argv[3]) if len(sys.argv) > 3 else None
+n = 2000
 path = os.path.join(d, "fsync.probe")
 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
 buf, lat = b"x" * size, []
-for _ in range(2000):
+start = time.perf_counter()
+for i in range(n):
+    if rate:
+        due = start + i / rate
+        now = time.perf_counter()
+        if due > now:
+            time.sleep(due - now)
     t = time.perf_counter(); os.write(fd, buf); os.fdatasync(fd); lat.append((time.perf_counter() - t) * 1e3)
 os.close(fd); os.unlink(path); lat.sort()
-print(json.dumps({"bytes": size, "p50_ms": round(lat[1000], 3), "p99_ms": round(lat[1980], 3)}))
+out = {"bytes": size, "p50_ms": round(lat[n // 2], 3), "p99_ms": round(lat[n * 99 // 100], 3)}
+if rate:
+    out["rate"] = rate
+print(json.dumps(out))

@@ -182,6 +182,27 @@ async fn gzip_and_zstd_bodies_are_accepted() {
 }
 
 #[tokio::test]
+async fn small_and_large_bodies_are_parsed_alike() {
+    // Bodies up to 16 KiB are parsed on the request's task, larger ones on
+    // the blocking pool: both paths store, and both refuse with the index.
+    let f = fixture(64);
+    let small = ndjson(&[event(1, "small")]);
+    let large_events: Vec<Value> = (2..102).map(|i| event(i, &"x".repeat(200))).collect();
+    let large = ndjson(&large_events);
+    assert!(small.len() < 16 * 1024 && large.len() > 16 * 1024, "{} {}", small.len(), large.len());
+    assert_eq!(send(&f, Post::new(small, &f.ingest)).await.0, StatusCode::OK);
+    let (status, _, body) = send(&f, Post::new(large, &f.ingest)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["accepted"], 100);
+    let mut bad = large_events.clone();
+    bad[75]["seq"] = json!("one");
+    let (status, _, body) = send(&f, Post::new(ndjson(&bad), &f.ingest)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["detail"]["index"], 75, "{body}");
+    assert_eq!(head(&f), 101);
+}
+
+#[tokio::test]
 async fn bad_input_is_a_clear_400_and_stores_nothing() {
     let f = fixture(64);
     let good = event(1, "fine").to_string();

@@ -90,6 +90,7 @@ pub fn write_group(
     group: Vec<(Vec<Record>, Reply)>,
     on_log_failure: &dyn Fn(),
 ) -> Option<BlockStats> {
+    let started = std::time::Instant::now();
     let mut next = log.head();
     let mut batches = Vec::with_capacity(group.len());
     let mut answers = Vec::with_capacity(group.len());
@@ -103,8 +104,10 @@ pub fn write_group(
             Err(e) => reply(Err(e)),
         }
     }
+    let admitted = started.elapsed();
     match log.append(&mut batches) {
         Ok((ranges, stats)) => {
+            let appended = started.elapsed();
             // The block is durable: answer first, then record it in the
             // derived state, which the next group's admit (on this same
             // thread) reads only after this commit.
@@ -114,6 +117,13 @@ pub fn write_group(
             if let Err(e) = seq.commit(log.head()) {
                 error!("derived state could not record a durable block; refusing appends until restart: {e}");
             }
+            tracing::debug!(
+                admit_ms = admitted.as_secs_f64() * 1e3,
+                durable_ms = appended.as_secs_f64() * 1e3,
+                sync_ms = stats.sync_nanos as f64 / 1e6,
+                committed_ms = started.elapsed().as_secs_f64() * 1e3,
+                "block written"
+            );
             Some(stats)
         }
         Err(e) => {
