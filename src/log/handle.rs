@@ -170,18 +170,17 @@ fn writer_loop(mut log: Log, mut sequencer: Box<dyn Sequencer>, rx: mpsc::Receiv
             let segments = log.shared().segment_count();
             let rolled_at = log.head();
             let failed_before = log.failure().is_some();
+            // `writer_failed` is raised by write_group before any appender
+            // hears of the failure.
             if let Some(stats) = write_group(&mut log, &mut *sequencer, group, &|| {
                 m.writer_failed.set(1);
             }) {
                 record_stats(&m, &stats);
             }
-            if log.failure().is_some() {
-                m.writer_failed.set(1);
-                if !failed_before {
-                    // A fresh failure: the disk gets a tick before the
-                    // writer reopens the log, rather than at once.
-                    last_recovery = Instant::now();
-                }
+            if log.failure().is_some() && !failed_before {
+                // A fresh failure: the disk gets a tick before the writer
+                // reopens the log, rather than at once.
+                last_recovery = Instant::now();
             }
             if log.shared().segment_count() != segments {
                 let _ = seal_tx.send(rolled_at);
