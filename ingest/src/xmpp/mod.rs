@@ -410,12 +410,18 @@ mod tests {
     const CLIENT_OPEN: &str = "<?xml version='1.0'?><stream:stream to='example.test' xmlns='jabber:client' \
                                xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>";
 
-    #[test]
-    fn messages_both_ways_and_groupchat() {
+    /// A session whose streams are open and whose user is bound as alice@example.test/desk.
+    fn bound_session() -> XmppSession {
         let mut s = XmppSession::new(StartTls::Block, 1 << 16);
         s.feed(Flow::Outbound, CLIENT_OPEN.as_bytes());
         s.feed(Flow::Inbound, b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams' from='example.test'>");
         s.feed(Flow::Inbound, b"<iq type='result' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><jid>alice@example.test/desk</jid></bind></iq>");
+        s
+    }
+
+    #[test]
+    fn messages_both_ways_and_groupchat() {
+        let mut s = bound_session();
         let u = s.feed(
             Flow::Outbound,
             "<message to='bob@example.test/x' type='chat' id='m1'><body>hé &amp; 🎉\n2nd line</body></message>"
@@ -483,10 +489,7 @@ mod tests {
 
     #[test]
     fn a_withheld_message_is_answered_with_an_error_stanza() {
-        let mut s = XmppSession::new(StartTls::Block, 1 << 16);
-        s.feed(Flow::Outbound, CLIENT_OPEN.as_bytes());
-        s.feed(Flow::Inbound, b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams'>");
-        s.feed(Flow::Inbound, b"<iq type='result' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><jid>alice@example.test/desk</jid></bind></iq>");
+        let mut s = bound_session();
         let u = s.feed(
             Flow::Outbound,
             b"<message to='bob@example.test' type='chat' id='m7'><body>a &lt; b</body></message>",
