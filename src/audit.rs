@@ -68,6 +68,17 @@ impl Audit {
 
     /// Appends `entry` for `who` and waits until it is durable.
     pub async fn record(&self, who: &Principal, entry: AuditEntry) -> Result<Offset, String> {
+        self.submit(who, entry)?.await
+    }
+
+    /// Queues `entry` for `who` at once, without blocking, and returns what
+    /// to await until it is durable: a read can be answered while its audit
+    /// record is being written, and sent only once it is.
+    pub fn submit(
+        &self,
+        who: &Principal,
+        entry: AuditEntry,
+    ) -> Result<impl std::future::Future<Output = Result<Offset, String>> + Send + 'static, String> {
         let now = UnixNanos::now();
         let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
         let mut attrs = BTreeMap::new();
@@ -92,8 +103,8 @@ impl Audit {
             flags: RecordFlags::default(),
             event,
         };
-        let appended = self.handle.append(vec![record]).await.map_err(|e| e.to_string())?;
-        Ok(appended.new.start)
+        let ack = self.handle.submit(vec![record]).map_err(|e| e.to_string())?;
+        Ok(async move { Ok(ack.await.map_err(|e| e.to_string())?.new.start) })
     }
 
     pub async fn close(&self) -> Result<(), String> {

@@ -796,8 +796,9 @@ fn print_search(answer: &serde_json::Value, json: bool) -> anyhow::Result<()> {
     for h in &hits {
         println!("{}  (conversation {} at {})", event_line(h), h["conversation_id"], h["site"].as_str().unwrap_or(""));
     }
+    let at_least = if answer["total_exact"] == false { "at least " } else { "" };
     println!(
-        "-- {} of {} matches; index covers offsets below {}",
+        "-- {} of {at_least}{} matches; index covers offsets below {}",
         hits.len(),
         answer["total"],
         answer["index_watermark"]

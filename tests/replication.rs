@@ -108,11 +108,11 @@ fn global_view(hq: &Server, admin: &str, auditor: &str, head: u64) {
         assert_eq!(code, 200, "{q}: {body}");
         serde_json::from_str(&body).expect("json")
     };
-    let all = search("q=&limit=3");
+    let all = search("q=&limit=3&total=exact");
     assert_eq!(all["total"].as_u64(), Some(head), "every site's events: HQ has none of its own");
     let sites: Vec<&str> = all["sites"].as_array().expect("sites").iter().filter_map(|s| s["site"].as_str()).collect();
     assert_eq!(sites, ["local", SITE]);
-    let by_site = search(&format!("q=&limit=3&site={SITE}"));
+    let by_site = search(&format!("q=&limit=3&site={SITE}&total=exact"));
     assert_eq!(by_site["total"].as_u64(), Some(head));
     assert_eq!(search("q=site:local&limit=3")["total"], 0);
     let hit = &by_site["hits"][0];

@@ -3,8 +3,10 @@
 //! `GET /v1/status`.
 
 use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
@@ -22,6 +24,7 @@ use super::AppState;
 use crate::audit::AuditEntry;
 use crate::auth::{Principal, Role};
 use crate::index::search::{self, parse_time, Filters, SearchError, SearchRequest, Sort};
+use crate::sites::SiteStore;
 
 type Params = Query<Vec<(String, String)>>;
 
@@ -67,7 +70,12 @@ fn nonempty(p: &HashMap<String, String>, k: &str) -> Option<String> {
 }
 
 async fn audit(s: &AppState, who: &Principal, entry: AuditEntry) -> Result<(), ApiError> {
-    match s.audit.record(who, entry).await {
+    audited(s, s.audit.record(who, entry).await)
+}
+
+/// A read's audit record, durable or not: counted, and a 503 if not.
+fn audited(s: &AppState, durable: Result<Offset, String>) -> Result<(), ApiError> {
+    match durable {
         Ok(_) => {
             s.metrics.index.audit_records.inc();
             Ok(())
@@ -131,6 +139,8 @@ struct HitJson<'a> {
 struct SearchJson<'a> {
     hits: Vec<HitJson<'a>>,
     total: usize,
+    /// Whether `total` counts every match; if not, it is a lower bound.
+    total_exact: bool,
     next_cursor: Option<String>,
     /// This server's own site's index watermark.
     index_watermark: u64,
@@ -157,7 +167,20 @@ pub async fn get_search(
     let who = caller.require(&[Role::Auditor])?.clone();
     let p = params(
         raw,
-        &["q", "from", "to", "network", "participant", "channel", "conversation", "site", "sort", "limit", "cursor"],
+        &[
+            "q",
+            "from",
+            "to",
+            "network",
+            "participant",
+            "channel",
+            "conversation",
+            "site",
+            "sort",
+            "limit",
+            "cursor",
+            "total",
+        ],
     )?;
     let sort = match p.get("sort").map(|v| v.trim()) {
         None | Some("") | Some("time") => Sort::Time,
@@ -179,83 +202,105 @@ pub async fn get_search(
         sort,
         limit: number(&p, "limit")?.unwrap_or(0),
         cursor: nonempty(&p, "cursor"),
+        exact_total: match p.get("total").map(|v| v.trim()) {
+            None | Some("") | Some("bounded") => false,
+            Some("exact") => true,
+            Some(other) => {
+                return Err(ApiError::bad_request(format!("`total` is `exact` or `bounded`, not {other:?}")))
+            }
+        },
     };
     let started = Instant::now();
     let st = s.clone();
-    let r = req.clone();
-    let stores = s.sites.all();
-    let found = tokio::task::spawn_blocking(move || search::search_sites(&stores, &st.search, &r).map(|o| (o, stores)))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("search task failed: {e}")))?;
-    let (out, stores) = match found {
-        Ok(out) => out,
-        Err(e) => {
+    // One trip to a blocking thread: search, queue the audit record (its
+    // writer makes it durable while the hits are read and rendered), render.
+    let task = tokio::task::spawn_blocking(move || -> Result<Answered, SearchError> {
+        let stores = st.sites.all();
+        let out = search::search_sites(&stores, &st.search, &req)?;
+        let searched = started.elapsed();
+        let n = out.hits.len();
+        let query =
+            json!({"q": req.q, "filters": req.filters, "sort": req.sort, "limit": req.limit, "cursor": req.cursor});
+        let audit = st
+            .audit
+            .submit(&who, AuditEntry { endpoint: "search".into(), query, results: n as u64 })
+            .map(|durable| Box::pin(durable) as Durable);
+        let body = render(&st, &stores, out);
+        Ok(Answered { audit, body, hits: n, searched, rendered: started.elapsed() })
+    });
+    let answered = match task.await {
+        Ok(Ok(a)) => a,
+        Ok(Err(e)) => {
             if matches!(e, SearchError::Bad(_)) {
                 s.metrics.index.rejected_queries.inc();
             }
             return Err(e.into());
         }
+        Err(e) => return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("search task failed: {e}"))),
     };
-    // The audit record is made durable while the hits are read and rendered;
-    // nothing is sent before both are done, and nothing if the audit fails.
-    let n = out.hits.len();
-    let st = s.clone();
-    let render = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, SearchError> {
-        let at: Vec<(usize, Offset)> = out.hits.iter().map(|h| (h.store, h.found.offset)).collect();
-        let records = crate::sites::records(&stores, &st.blocks, &at)?;
-        let mut snippets = Vec::with_capacity(out.parts.len());
-        for (query, searcher) in &out.parts {
-            let mut g = SnippetGenerator::create(searcher, &**query, st.index.fields.body)?;
-            g.set_max_num_chars(st.search.snippet_chars);
-            snippets.push(g);
-        }
-        let hits = out
-            .hits
-            .iter()
-            .zip(&records)
-            .map(|(h, rec)| HitJson {
-                event: EventJson::new(h.found.offset, rec),
-                snippet: snippets[h.store].snippet(&rec.event.body).to_html(),
-                score: h.found.score,
-            })
-            .collect();
-        let answer = SearchJson {
-            hits,
-            total: out.total,
-            next_cursor: out.next_cursor,
-            index_watermark: st.index.state().watermark,
-            sites: stores
-                .iter()
-                .map(|x| SiteWatermark { site: x.site.clone(), index_watermark: x.index.state().watermark })
-                .collect(),
-        };
-        serde_json::to_vec(&answer).map_err(|e| SearchError::Internal(e.to_string()))
-    });
-    let query = json!({"q": req.q, "filters": req.filters, "sort": req.sort, "limit": req.limit, "cursor": req.cursor});
-    let searched = started.elapsed();
-    let timed = async {
-        let r = render.await;
-        (r, started.elapsed())
+    let audited = match answered.audit {
+        Ok(durable) => audited(&s, durable.await),
+        Err(why) => audited(&s, Err(why)),
     };
-    let audit_started = Instant::now();
-    let timed_audit = async {
-        let a = audit(&s, &who, AuditEntry { endpoint: "search".into(), query, results: n as u64 }).await;
-        (a, audit_started.elapsed())
-    };
-    let ((audited, audit_took), (body, rendered)) = tokio::join!(timed_audit, timed);
     tracing::debug!(
-        search_ms = searched.as_secs_f64() * 1e3,
-        rendered_ms = rendered.as_secs_f64() * 1e3,
-        audit_ms = audit_took.as_secs_f64() * 1e3,
-        hits = n,
+        search_ms = answered.searched.as_secs_f64() * 1e3,
+        rendered_ms = answered.rendered.as_secs_f64() * 1e3,
+        audited_ms = started.elapsed().as_secs_f64() * 1e3,
+        hits = answered.hits,
         "search answered"
     );
     audited?;
-    let body =
-        body.map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("search task failed: {e}")))??;
+    let body = answered.body?;
     s.metrics.index.searches.inc();
     s.metrics.index.search_seconds.observe(started.elapsed().as_secs_f64());
     Ok(json_response(body))
+}
+
+/// An audit record on its way to the disk: its offset once durable.
+type Durable = Pin<Box<dyn Future<Output = Result<Offset, String>> + Send>>;
+
+/// What the blocking part of a search hands back: the queued audit record,
+/// the rendered answer, and when each step was done (from the request's start).
+struct Answered {
+    audit: Result<Durable, String>,
+    body: Result<Vec<u8>, SearchError>,
+    hits: usize,
+    searched: Duration,
+    rendered: Duration,
+}
+
+/// The answer's JSON: the hits' records read from the logs, with snippets.
+fn render(st: &AppState, stores: &[Arc<SiteStore>], out: search::SitesOutcome) -> Result<Vec<u8>, SearchError> {
+    let at: Vec<(usize, Offset)> = out.hits.iter().map(|h| (h.store, h.found.offset)).collect();
+    let records = crate::sites::records(stores, &st.blocks, &at)?;
+    let mut snippets = Vec::with_capacity(out.parts.len());
+    for (query, searcher) in &out.parts {
+        let mut g = SnippetGenerator::create(searcher, &**query, st.index.fields.body)?;
+        g.set_max_num_chars(st.search.snippet_chars);
+        snippets.push(g);
+    }
+    let hits = out
+        .hits
+        .iter()
+        .zip(&records)
+        .map(|(h, rec)| HitJson {
+            event: EventJson::new(h.found.offset, rec),
+            snippet: snippets[h.store].snippet(&rec.event.body).to_html(),
+            score: h.found.score,
+        })
+        .collect();
+    let answer = SearchJson {
+        hits,
+        total: out.total,
+        total_exact: out.total_exact,
+        next_cursor: out.next_cursor,
+        index_watermark: st.index.state().watermark,
+        sites: stores
+            .iter()
+            .map(|x| SiteWatermark { site: x.site.clone(), index_watermark: x.index.state().watermark })
+            .collect(),
+    };
+    serde_json::to_vec(&answer).map_err(|e| SearchError::Internal(e.to_string()))
 }
 
 pub async fn get_conversation(

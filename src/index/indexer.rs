@@ -51,6 +51,8 @@ pub struct SearchIndex {
     pub reader: IndexReader,
     pub state: Mutex<IndexState>,
     pub metrics: Arc<IndexMetrics>,
+    /// Per segment, the columns newest-first search sorts by.
+    pub sort_columns: super::search::SortColumnCache,
 }
 
 impl std::fmt::Debug for SearchIndex {
@@ -72,7 +74,14 @@ impl SearchIndex {
         }
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
         let watermark = committed_watermark(&index)?;
-        let s = Arc::new(Self { index, fields, reader, state: Mutex::default(), metrics });
+        let s = Arc::new(Self {
+            index,
+            fields,
+            reader,
+            state: Mutex::default(),
+            metrics,
+            sort_columns: Default::default(),
+        });
         let docs = s.reader.searcher().num_docs();
         s.set(|st| {
             st.watermark = watermark.0;

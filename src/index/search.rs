@@ -7,23 +7,24 @@
 //! beside the parsed query: the query text cannot widen them.
 
 use std::cell::Cell;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tantivy::collector::{Count, TopDocs};
-use tantivy::columnar::ColumnValues;
+use tantivy::columnar::{Cardinality, ColumnValues};
+use tantivy::index::SegmentId;
 use tantivy::query::{
-    AllQuery, BooleanQuery, BoostQuery, EmptyQuery, FuzzyTermQuery, Occur, PhrasePrefixQuery, PhraseQuery, Query,
-    RangeQuery, TermQuery, TermSetQuery,
+    AllQuery, BooleanQuery, BoostQuery, EmptyQuery, EnableScoring, FuzzyTermQuery, Occur, PhrasePrefixQuery,
+    PhraseQuery, Query, RangeQuery, TermQuery, TermSetQuery, Weight,
 };
 use tantivy::query_grammar::{self, Delimiter, UserInputAst, UserInputBound, UserInputLeaf, UserInputLiteral};
 use tantivy::schema::{Field, IndexRecordOption};
 use tantivy::tokenizer::{TokenStream, Tokenizer};
-use tantivy::{DocAddress, DocId, Score, Searcher, SegmentReader, Term};
+use tantivy::{DocAddress, DocId, DocSet, Score, Searcher, SegmentReader, Term, COLLECT_BLOCK_BUFFER_LEN};
 use verbatim_schema::Offset;
 
 use super::tokenizer::{is_ngram_char, ChatTokenizer};
@@ -59,8 +60,14 @@ pub struct SearchConfig {
     pub snippet_chars: usize,
     /// Decoded log blocks kept for reading hits and transcripts, in MiB.
     pub block_cache_mb: usize,
-    /// Threads that search the segments of one query in parallel (1: the
-    /// request's own thread only).
+    /// Matches counted exactly, newest first; past this many `total` is a
+    /// lower bound (`total_exact` false) unless the request asks for an
+    /// exact count. Counting every match of a common word costs more than
+    /// finding the newest page of it.
+    pub exact_total_limit: usize,
+    /// Threads that search the segments of one query in parallel in
+    /// relevance order (1: the request's own thread only). Newest first
+    /// visits segments one after the other, newest first, to skip old ones.
     pub threads: usize,
 }
 
@@ -80,6 +87,7 @@ impl Default for SearchConfig {
             max_transcript_events: 100_000,
             snippet_chars: 200,
             block_cache_mb: 256,
+            exact_total_limit: 10_000,
             threads: 2,
         }
     }
@@ -151,6 +159,8 @@ pub struct SearchRequest {
     pub sort: Sort,
     pub limit: usize,
     pub cursor: Option<String>,
+    /// Count every match, however many (bounded by the deadline).
+    pub exact_total: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -163,8 +173,10 @@ pub struct Found {
 #[derive(Debug)]
 pub struct SearchOutcome {
     pub hits: Vec<Found>,
-    /// Matches of the query and filters, on every page together.
+    /// Matches of the query and filters, on every page together: exact if
+    /// `total_exact`, else a lower bound.
     pub total: usize,
+    pub total_exact: bool,
     pub next_cursor: Option<String>,
     /// The compiled query, for snippets.
     pub query: Box<dyn Query>,
@@ -649,6 +661,14 @@ impl SegmentKeys {
 type Ranked<K> = (Vec<(Option<K>, DocAddress)>, usize);
 
 impl Deadline {
+    /// Whether the deadline has passed (checked on the clock now).
+    fn late(&self) -> bool {
+        if !self.passed.load(Ordering::Relaxed) && Instant::now() > self.at {
+            self.passed.store(true, Ordering::Relaxed);
+        }
+        self.passed.load(Ordering::Relaxed)
+    }
+
     fn tick(&self, n: &Cell<u32>) -> bool {
         let k = n.get().wrapping_add(1);
         n.set(k);
@@ -667,10 +687,11 @@ pub fn search(
     let limit = page_limit(cfg, req)?;
     let cursor = req.cursor.as_deref().map(|c| Cursor::decode(c, req.sort)).transpose()?;
     let deadline = Deadline::after(cfg);
-    let (hits, total, query, searcher) = search_index(index, cfg, req, limit, cursor, &deadline)?;
+    let count_up_to = (!req.exact_total).then_some(cfg.exact_total_limit);
+    let (hits, total, query, searcher) = search_index(index, cfg, req, limit, cursor, &deadline, count_up_to)?;
     deadline.check(cfg)?;
     let next_cursor = if hits.len() == limit { hits.last().map(|h| Cursor::after(req.sort, h).encode()) } else { None };
-    Ok(SearchOutcome { hits, total, next_cursor, query, searcher })
+    Ok(SearchOutcome { hits, total: total.n, total_exact: total.exact, next_cursor, query, searcher })
 }
 
 fn page_limit(cfg: &SearchConfig, req: &SearchRequest) -> Result<usize, SearchError> {
@@ -701,10 +722,11 @@ impl Deadline {
 }
 
 /// Hits, the number of matches, the compiled query and the searcher.
-type IndexAnswer = (Vec<Found>, usize, Box<dyn Query>, Searcher);
+type IndexAnswer = (Vec<Found>, Total, Box<dyn Query>, Searcher);
 
 /// The best `limit` matches of `req` in one index below `cursor`, and the
-/// number of matches; the compiled query and the searcher, for snippets.
+/// number of matches (newest first: counted up to `count_up_to` if given);
+/// the compiled query and the searcher, for snippets.
 fn search_index(
     index: &super::indexer::SearchIndex,
     cfg: &SearchConfig,
@@ -712,6 +734,7 @@ fn search_index(
     limit: usize,
     cursor: Option<Cursor>,
     deadline: &Arc<Deadline>,
+    count_up_to: Option<usize>,
 ) -> Result<IndexAnswer, SearchError> {
     let searcher = index.searcher();
     let fields = index.fields;
@@ -722,25 +745,12 @@ fn search_index(
     // seen after the deadline. `None` sorts below every `Some`.
     let (found, total) = match req.sort {
         Sort::Time => {
-            let d = deadline.clone();
-            let key = move |seg: &SegmentReader| {
-                let keys = SegmentKeys::open(seg, &ts_name, &off_name, &d);
-                move |doc: DocId| -> Option<(i64, u64)> {
-                    let k = keys.as_ref()?.get(doc)?;
-                    match cursor {
-                        Some(Cursor::Time { ts, offset }) if k >= (ts, offset) => None,
-                        _ => Some(k),
-                    }
-                }
+            let cursor = match cursor {
+                Some(Cursor::Time { ts, offset }) => Some((ts, offset)),
+                _ => None,
             };
-            let collector = (TopDocs::with_limit(limit).order_by(key), Count);
-            let (top, total): Ranked<(i64, u64)> = searcher.search(&*query, &collector)?;
-            let found: Vec<Found> = top
-                .into_iter()
-                .flat_map(|(k, _)| k)
-                .map(|(ts, off)| Found { offset: Offset(off), ts, score: None })
-                .collect();
-            (found, total)
+            let columns = (&index.sort_columns, ts_name.as_str(), off_name.as_str());
+            newest_first(&searcher, columns, &*query, limit, cursor, deadline, count_up_to)?
         }
         Sort::Relevance => {
             let d = deadline.clone();
@@ -761,10 +771,331 @@ fn search_index(
                 .flat_map(|(k, _)| k)
                 .map(|(s, off, ts)| Found { offset: Offset(off), ts, score: Some(s) })
                 .collect();
-            (found, total)
+            // Relevance scores every match anyway: its count is exact.
+            (found, Total { n: total, exact: true })
         }
     };
     Ok((found, total, query, searcher))
+}
+
+/// One segment's `ts` and `offset` columns, opened once: opening a column
+/// reads its block index, which can cost more than a small search.
+struct SortColumns {
+    ts: Arc<dyn ColumnValues<i64>>,
+    offset: Arc<dyn ColumnValues<u64>>,
+    /// Bounds of `ts`: no document is newer than `newest`; and, when every
+    /// document has a `ts` (one without sorts as i64::MIN), none is older
+    /// than `oldest`.
+    newest: i64,
+    oldest: Option<i64>,
+    /// When every document has a `ts`: per run of [`TS_BLOCK`] documents,
+    /// the newest `ts` in it and in every run before it.
+    blocks: Option<TsBlocks>,
+}
+
+/// Documents per run of [`TsBlocks`].
+const TS_BLOCK: u32 = 2048;
+
+struct TsBlocks {
+    newest: Vec<i64>,
+    /// `newest_up_to[i]`: the newest `ts` of runs `0..=i`.
+    newest_up_to: Vec<i64>,
+}
+
+impl TsBlocks {
+    fn of(ts: &dyn ColumnValues<i64>) -> Self {
+        let n = ts.num_vals();
+        let mut buf = vec![0i64; TS_BLOCK as usize];
+        let mut newest = Vec::with_capacity(n.div_ceil(TS_BLOCK) as usize);
+        for start in (0..n).step_by(TS_BLOCK as usize) {
+            let run = &mut buf[..(n - start).min(TS_BLOCK) as usize];
+            ts.get_range(start as u64, run);
+            newest.push(run.iter().copied().max().unwrap_or(i64::MIN));
+        }
+        let newest_up_to = newest
+            .iter()
+            .scan(i64::MIN, |m, &v| {
+                *m = (*m).max(v);
+                Some(*m)
+            })
+            .collect();
+        Self { newest, newest_up_to }
+    }
+}
+
+/// The [`SortColumns`] of the segments of the current searcher (`None`
+/// for a segment lacking the columns).
+#[derive(Default)]
+pub struct SortColumnCache(Mutex<HashMap<SegmentId, Option<Arc<SortColumns>>>>);
+
+impl std::fmt::Debug for SortColumnCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.lock().unwrap_or_else(|p| p.into_inner()).len();
+        f.debug_struct("SortColumnCache").field("segments", &n).finish()
+    }
+}
+
+impl SortColumnCache {
+    fn get(&self, seg: &SegmentReader, ts_name: &str, off_name: &str) -> Option<Arc<SortColumns>> {
+        let id = seg.segment_id();
+        if let Some(c) = self.0.lock().unwrap_or_else(|p| p.into_inner()).get(&id) {
+            return c.clone();
+        }
+        let opened = (|| {
+            let ts = seg.fast_fields().i64(ts_name).ok()?;
+            let offset = seg.fast_fields().u64(off_name).ok()?.first_or_default_col(0);
+            let full = ts.get_cardinality() == Cardinality::Full;
+            let oldest = full.then(|| ts.min_value());
+            // With every document holding one value, value i is document i's.
+            let blocks = full.then(|| TsBlocks::of(&*ts.values));
+            Some(Arc::new(SortColumns {
+                newest: ts.max_value(),
+                oldest,
+                blocks,
+                ts: ts.first_or_default_col(i64::MIN),
+                offset,
+            }))
+        })();
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(id, opened.clone());
+        opened
+    }
+
+    /// Forgets segments merged away since.
+    fn keep_only(&self, live: &[SegmentReader]) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() > live.len() {
+            let ids: HashSet<SegmentId> = live.iter().map(|s| s.segment_id()).collect();
+            map.retain(|id, _| ids.contains(id));
+        }
+    }
+}
+
+/// The newest `limit` matches with a `(ts, offset)` key below `cursor`, and
+/// the number of matches on every page together (exact, or counted up to
+/// `count_up_to` and then a lower bound).
+///
+/// Segments are visited newest first, by the largest `ts` they hold. Once
+/// `limit` hits are held, a segment whose newest document is older than the
+/// oldest hit held cannot contribute and is only counted; so is a segment
+/// whose oldest document is at or past the cursor. With a counting limit, a
+/// visited segment is read by runs of documents, newest runs first, and runs
+/// too old for the page are skipped. The log appends in time order, so a
+/// page of recent hits reads about the same number of documents whatever
+/// the size of the archive; what grows with it is only the count, which
+/// the limit bounds.
+fn newest_first(
+    searcher: &Searcher,
+    (cache, ts_name, off_name): (&SortColumnCache, &str, &str),
+    query: &dyn Query,
+    limit: usize,
+    cursor: Option<(i64, u64)>,
+    deadline: &Deadline,
+    count_up_to: Option<usize>,
+) -> Result<(Vec<Found>, Total), SearchError> {
+    let weight = query.weight(EnableScoring::disabled_from_searcher(searcher))?;
+    let segments = searcher.segment_readers();
+    cache.keep_only(segments);
+    let mut segments: Vec<_> = segments
+        .iter()
+        .map(|seg| {
+            let columns = cache.get(seg, ts_name, off_name);
+            // Without the columns a segment ranks nothing; its matches still count.
+            (columns.as_ref().map_or(i64::MIN, |c| c.newest), columns, seg)
+        })
+        .collect();
+    segments.sort_by_key(|s| std::cmp::Reverse(s.0));
+    // The best `limit` keys so far, the oldest on top.
+    let mut top: BinaryHeap<std::cmp::Reverse<(i64, u64)>> = BinaryHeap::with_capacity(limit + 1);
+    let mut total = Total { n: 0, exact: true };
+    for (newest, columns, seg) in segments {
+        if deadline.late() {
+            break;
+        }
+        let outranked = limit == 0 || (top.len() >= limit && top.peek().is_some_and(|k| newest < k.0 .0));
+        // Every key of a segment whose oldest document is past the cursor is too.
+        let past_cursor = |oldest: Option<i64>| matches!((cursor, oldest), (Some(c), Some(o)) if o > c.0);
+        let c = match &columns {
+            Some(c) if !outranked && !past_cursor(c.oldest) => c,
+            _ => {
+                match count_up_to {
+                    None => total.n += weight.count(seg)? as usize,
+                    // Counting stops once the total is known to be past the limit.
+                    Some(limit) if total.n > limit => total.exact = false,
+                    Some(limit) => {
+                        let (n, complete) = count_at_most(&*weight, seg, limit + 1 - total.n, deadline)?;
+                        total.n += n;
+                        total.exact &= complete;
+                    }
+                }
+                continue;
+            }
+        };
+        let mut page = Page { top: &mut top, limit, cursor, ts: &*c.ts, offset: &*c.offset };
+        match (&c.blocks, count_up_to) {
+            (Some(blocks), Some(limit)) => {
+                let (seen, all) = page.visit_newest_runs(&*weight, seg, blocks, deadline)?;
+                if all {
+                    total.n += seen;
+                } else if total.n + seen > limit {
+                    total.n += seen;
+                    total.exact = false;
+                } else {
+                    // Runs too old for the page were skipped: count the
+                    // segment again, only up to the limit.
+                    let (n, complete) = count_at_most(&*weight, seg, limit + 1 - total.n, deadline)?;
+                    total.n += n.max(seen);
+                    total.exact &= complete;
+                }
+            }
+            _ => total.n += page.visit_all(&*weight, seg, deadline)?,
+        }
+    }
+    let mut keys: Vec<(i64, u64)> = top.into_iter().map(|k| k.0).collect();
+    keys.sort_unstable_by(|a, b| b.cmp(a));
+    Ok((keys.into_iter().map(|(ts, off)| Found { offset: Offset(off), ts, score: None }).collect(), total))
+}
+
+/// A number of matches: exact, or a lower bound where counting stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Total {
+    pub n: usize,
+    pub exact: bool,
+}
+
+/// The best keys of a newest-first page so far, and how to offer more.
+struct Page<'a> {
+    /// The oldest key held on top.
+    top: &'a mut BinaryHeap<std::cmp::Reverse<(i64, u64)>>,
+    limit: usize,
+    cursor: Option<(i64, u64)>,
+    ts: &'a dyn ColumnValues<i64>,
+    offset: &'a dyn ColumnValues<u64>,
+}
+
+impl Page<'_> {
+    /// The `ts` below which a document cannot enter the page, once it is full.
+    fn floor(&self) -> Option<i64> {
+        if self.top.len() >= self.limit {
+            self.top.peek().map(|k| k.0 .0)
+        } else {
+            None
+        }
+    }
+
+    fn offer(&mut self, doc: DocId) {
+        let t = self.ts.get_val(doc);
+        // Cheap rejection on `ts` alone before the offset is read.
+        if self.floor().is_some_and(|f| t < f) {
+            return;
+        }
+        let key = (t, self.offset.get_val(doc));
+        if self.cursor.is_some_and(|c| key >= c) {
+            return;
+        }
+        if self.top.len() < self.limit {
+            self.top.push(std::cmp::Reverse(key));
+        } else if self.top.peek().is_some_and(|k| key > k.0) {
+            self.top.pop();
+            self.top.push(std::cmp::Reverse(key));
+        }
+    }
+
+    /// Offers every match of the segment; returns how many there were.
+    fn visit_all(&mut self, weight: &dyn Weight, seg: &SegmentReader, deadline: &Deadline) -> tantivy::Result<usize> {
+        let alive = seg.alive_bitset();
+        let mut docs = weight.scorer(seg, 1.0)?;
+        let mut buffer = [0 as DocId; COLLECT_BLOCK_BUFFER_LEN];
+        let mut seen = 0;
+        loop {
+            let n = docs.fill_buffer(&mut buffer);
+            for &doc in &buffer[..n] {
+                if alive.is_none_or(|a| a.is_alive(doc)) {
+                    seen += 1;
+                    self.offer(doc);
+                }
+            }
+            if n < buffer.len() || deadline.late() {
+                return Ok(seen);
+            }
+        }
+    }
+
+    /// Offers the matches of the segment's newest runs of documents first:
+    /// ranges of runs from the end, each twice as long as the one before
+    /// (a scorer only moves forward), skipping runs whose newest `ts` is
+    /// below the page, and stopping once no run before is newer than it.
+    /// The log appends in time order, so the newest documents are usually
+    /// last. Returns the matches seen, and whether that was all of them.
+    fn visit_newest_runs(
+        &mut self,
+        weight: &dyn Weight,
+        seg: &SegmentReader,
+        blocks: &TsBlocks,
+        deadline: &Deadline,
+    ) -> tantivy::Result<(usize, bool)> {
+        let alive = seg.alive_bitset();
+        let (mut seen, mut all) = (0, true);
+        let (mut hi, mut width) = (blocks.newest.len(), 1);
+        while hi > 0 {
+            if self.floor().is_some_and(|f| blocks.newest_up_to[hi - 1] < f) {
+                return Ok((seen, false));
+            }
+            let lo = hi.saturating_sub(width);
+            let end = hi as u32 * TS_BLOCK;
+            let mut docs = weight.scorer(seg, 1.0)?;
+            let mut run = lo;
+            while run < hi {
+                if self.floor().is_some_and(|f| blocks.newest[run] < f) {
+                    all = false;
+                    run += 1;
+                    continue;
+                }
+                let (from, to) = (run as u32 * TS_BLOCK, (run as u32 + 1) * TS_BLOCK);
+                let mut doc = docs.doc();
+                if doc < from {
+                    doc = docs.seek(from);
+                }
+                while doc < to {
+                    if alive.is_none_or(|a| a.is_alive(doc)) {
+                        seen += 1;
+                        self.offer(doc);
+                    }
+                    doc = docs.advance();
+                }
+                if doc >= end || deadline.late() {
+                    // Nothing more in this range (TERMINATED is past every range).
+                    break;
+                }
+                run += 1;
+            }
+            hi = lo;
+            width *= 2;
+        }
+        Ok((seen, all))
+    }
+}
+
+/// The matches of `weight` in `seg`, counted up to `max`; whether that is all of them.
+fn count_at_most(
+    weight: &dyn Weight,
+    seg: &SegmentReader,
+    max: usize,
+    deadline: &Deadline,
+) -> tantivy::Result<(usize, bool)> {
+    let alive = seg.alive_bitset();
+    let mut docs = weight.scorer(seg, 1.0)?;
+    let mut buffer = [0 as DocId; COLLECT_BLOCK_BUFFER_LEN];
+    let mut n = 0;
+    loop {
+        let got = docs.fill_buffer(&mut buffer);
+        n += buffer[..got].iter().filter(|&&d| alive.is_none_or(|a| a.is_alive(d))).count();
+        if got < buffer.len() {
+            return Ok((n, true));
+        }
+        if n >= max || deadline.late() {
+            return Ok((n, false));
+        }
+    }
 }
 
 /// A hit of a search over several sites: which store (by position in the
@@ -779,8 +1110,10 @@ pub struct SiteHit {
 #[derive(Debug)]
 pub struct SitesOutcome {
     pub hits: Vec<SiteHit>,
-    /// Matches on every site and every page together.
+    /// Matches on every site and every page together: exact if
+    /// `total_exact`, else a lower bound.
     pub total: usize,
+    pub total_exact: bool,
     pub next_cursor: Option<String>,
     /// Per store searched: the compiled query and the searcher, for snippets.
     pub parts: Vec<(Box<dyn Query>, Searcher)>,
@@ -809,7 +1142,7 @@ pub fn search_sites(
     let deadline = Deadline::after(cfg);
     let mut hits = Vec::new();
     let mut parts = Vec::with_capacity(stores.len());
-    let mut total = 0;
+    let mut total = Total { n: 0, exact: true };
     for (i, store) in stores.iter().enumerate() {
         // The cursor as this store sees it: at the cursor's key, a site
         // ordered after the cursor's has nothing left, one before it everything.
@@ -818,8 +1151,10 @@ pub fn search_sites(
             std::cmp::Ordering::Greater => c.with_offset(0),
             std::cmp::Ordering::Less => c.with_offset(u64::MAX),
         });
-        let (found, n, query, searcher) = search_index(&store.index, cfg, req, limit, own, &deadline)?;
-        total += n;
+        // The sites share one counting limit.
+        let count_up_to = (!req.exact_total).then(|| cfg.exact_total_limit.saturating_sub(total.n));
+        let (found, n, query, searcher) = search_index(&store.index, cfg, req, limit, own, &deadline, count_up_to)?;
+        total = Total { n: total.n + n.n, exact: total.exact && n.exact };
         hits.extend(found.into_iter().map(|found| SiteHit { store: i, found }));
         parts.push((query, searcher));
     }
@@ -838,7 +1173,7 @@ pub fn search_sites(
     } else {
         None
     };
-    Ok(SitesOutcome { hits, total, next_cursor, parts })
+    Ok(SitesOutcome { hits, total: total.n, total_exact: total.exact, next_cursor, parts })
 }
 
 /// The offsets of conversation `id` in the index, oldest first, at most `max`

@@ -51,6 +51,16 @@ impl LogHandle {
     /// Appends one batch; resolves once it is durable, with what was new and
     /// what was already in the log.
     pub async fn append(&self, records: Vec<Record>) -> Result<Appended, AppendError> {
+        self.submit(records)?.await
+    }
+
+    /// Queues `records` for the writer at once, without blocking, and
+    /// returns what to await for the acknowledgement: a caller on a plain
+    /// thread starts the write now and waits for it later.
+    pub fn submit(
+        &self,
+        records: Vec<Record>,
+    ) -> Result<impl std::future::Future<Output = Result<Appended, AppendError>> + Send + 'static, AppendError> {
         let (reply, ack) = oneshot::channel();
         match self.tx.try_send(Msg::Append(records, reply)) {
             Ok(()) => self.metrics.queue_depth.inc(),
@@ -59,7 +69,9 @@ impl LogHandle {
                 return Err(AppendError::Unavailable("the log writer has stopped".into()))
             }
         };
-        ack.await.unwrap_or_else(|_| Err(AppendError::Unavailable("the log writer has stopped".into())))
+        Ok(
+            async move { ack.await.unwrap_or_else(|_| Err(AppendError::Unavailable("the log writer has stopped".into()))) },
+        )
     }
 
     pub fn reader(&self) -> &LogReader {

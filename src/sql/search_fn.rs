@@ -60,6 +60,8 @@ impl SearchFunction {
                 sort: Sort::Relevance,
                 limit: page,
                 cursor: cursor.take(),
+                // Relevance counts every match anyway.
+                exact_total: true,
             };
             let found = search_sites(stores, &self.config, &req)
                 .map_err(|e| DataFusionError::Plan(format!("search(): {e}")))?;

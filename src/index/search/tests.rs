@@ -67,7 +67,7 @@ fn build(records: &[Record]) -> Arc<SearchIndex> {
 }
 
 fn run(ix: &SearchIndex, cfg: &SearchConfig, q: &str, filters: Filters) -> Result<Vec<u64>, SearchError> {
-    let req = SearchRequest { q: q.into(), filters, sort: Sort::Time, limit: 100, cursor: None };
+    let req = SearchRequest { q: q.into(), filters, limit: 100, ..SearchRequest::default() };
     Ok(search(ix, cfg, &req)?.hits.iter().map(|h| h.offset.0).collect())
 }
 
@@ -155,7 +155,7 @@ fn pages(ix: &SearchIndex, q: &str, sort: Sort, limit: usize) -> Vec<Vec<u64>> {
     let mut cursor = None;
     let mut out = Vec::new();
     loop {
-        let req = SearchRequest { q: q.into(), filters: Filters::default(), sort, limit, cursor: cursor.clone() };
+        let req = SearchRequest { q: q.into(), sort, limit, cursor: cursor.clone(), ..SearchRequest::default() };
         let r = search(ix, &cfg, &req).expect("page");
         out.push(r.hits.iter().map(|h| h.offset.0).collect());
         match r.next_cursor {
@@ -309,7 +309,7 @@ fn several_sites_merge_into_one_order_and_their_pages_visit_every_hit_once() {
         let mut out: Vec<(String, u64)> = Vec::new();
         let mut total = None;
         loop {
-            let req = SearchRequest { q: q.into(), filters: Filters::default(), sort, limit, cursor: cursor.clone() };
+            let req = SearchRequest { q: q.into(), sort, limit, cursor: cursor.clone(), ..SearchRequest::default() };
             let r = search_sites(&stores, &cfg, &req).expect("page");
             assert!(r.hits.len() <= limit);
             assert_eq!(*total.get_or_insert(r.total), r.total, "the total is the same on every page");
@@ -357,4 +357,81 @@ fn several_sites_merge_into_one_order_and_their_pages_visit_every_hit_once() {
     assert!(r.hits.iter().all(|h| stores[h.store].site == "ams"));
     let bad = SearchRequest { q: "page".into(), cursor: Some("t.1.2".into()), ..SearchRequest::default() };
     assert!(matches!(search_sites(&stores, &cfg, &bad), Err(SearchError::Bad(_))));
+}
+
+#[test]
+fn newest_first_over_many_segments_is_a_full_sort_by_time_and_offset() {
+    // Segments committed out of time order, with overlapping ranges and equal
+    // timestamps, and two larger than one run of documents whose times go
+    // backwards or jump around inside them: pruning by a segment's or a
+    // run's newest `ts` must never drop or reorder a hit.
+    let mut segments: Vec<Vec<i64>> =
+        [(5000, 5100), (1000, 1100), (9000, 9100), (1050, 1150), (9000, 9050), (3000, 3010)]
+            .iter()
+            .map(|&(from, to)| (from..to).collect())
+            .collect();
+    segments.push((0..7000).map(|i| 20_000 + (i * 7919) % 7000).collect());
+    segments.push((0..5000).rev().map(|i| 30_000 + i).collect());
+    let (index, fields) = in_ram();
+    let mut w = index.writer_with_num_threads(1, 20 << 20).expect("writer");
+    let mut records = Vec::new();
+    for times in segments {
+        for ts in times {
+            let body = if ts % 3 == 0 { "tick tock" } else { "tick" };
+            let r = record("irc", "bot", "room", None, body, ts, 7);
+            w.add_document(document(&fields, Offset(records.len() as u64), &r)).expect("add");
+            records.push(r);
+        }
+        commit(&mut w, Offset(records.len() as u64)).expect("commit");
+    }
+    let ix = SearchIndex::new(index, fields, Arc::new(IndexMetrics::default()), 1).expect("search index");
+    ix.reader.reload().expect("reload");
+    assert!(ix.searcher().segment_readers().len() > 1, "the test needs several segments");
+    let cfg = SearchConfig { exact_total_limit: 1000, ..SearchConfig::default() };
+    for (q, matches) in [("tick", &(|_: &str| true) as &dyn Fn(&str) -> bool), ("tock", &|b| b.contains("tock"))] {
+        let mut expected: Vec<(i64, u64)> = records
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| matches(&r.event.body))
+            .map(|(i, r)| (r.event.ts.instant.0, i as u64))
+            .collect();
+        expected.sort_unstable_by(|a, b| b.cmp(a));
+        let expected: Vec<u64> = expected.into_iter().map(|(_, o)| o).collect();
+        for (limit, exact_total) in [(7, false), (100, false), (1000, false), (100, true), (1000, true)] {
+            let mut cursor = None;
+            let mut seen = Vec::new();
+            loop {
+                let req =
+                    SearchRequest { q: q.into(), limit, cursor: cursor.clone(), exact_total, ..Default::default() };
+                let r = search(&ix, &cfg, &req).expect("page");
+                if r.total_exact {
+                    assert_eq!(r.total, expected.len(), "{q}: an exact total counts every match on every page");
+                } else {
+                    assert!(!exact_total, "{q}: asked for an exact total");
+                    assert!(
+                        r.total > 1000 && r.total <= expected.len(),
+                        "{q}: a lower bound past the limit: {}",
+                        r.total
+                    );
+                }
+                seen.extend(r.hits.iter().map(|h| h.offset.0));
+                match r.next_cursor {
+                    Some(c) => cursor = Some(c),
+                    None => break,
+                }
+            }
+            assert_eq!(seen, expected, "{q}, pages of {limit}");
+        }
+    }
+    // Below the counting limit the total is exact; past it a lower bound; the hits are the same.
+    let req = SearchRequest { q: "tock".into(), limit: 10, ..SearchRequest::default() };
+    let exact = search(&ix, &SearchConfig::default(), &req).expect("exact");
+    assert!(exact.total_exact);
+    let bounded = SearchConfig { exact_total_limit: 50, ..SearchConfig::default() };
+    let r = search(&ix, &bounded, &req).expect("bounded");
+    assert!(!r.total_exact && r.total > 50 && r.total < exact.total, "a lower bound: {}", r.total);
+    assert_eq!(r.hits, exact.hits);
+    let r = search(&ix, &bounded, &SearchRequest { exact_total: true, ..req }).expect("asked for exactly");
+    assert!(r.total_exact);
+    assert_eq!(r.total, exact.total);
 }
