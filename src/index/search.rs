@@ -1062,7 +1062,10 @@ impl Page<'_> {
                     }
                     doc = docs.advance();
                 }
-                if doc >= end || deadline.late() {
+                if deadline.late() {
+                    return Ok((seen, false));
+                }
+                if doc >= end {
                     // Nothing more in this range (TERMINATED is past every range).
                     break;
                 }
