@@ -1002,22 +1002,7 @@ impl Page<'_> {
 
     /// Offers every match of the segment; returns how many there were.
     fn visit_all(&mut self, weight: &dyn Weight, seg: &SegmentReader, deadline: &Deadline) -> tantivy::Result<usize> {
-        let alive = seg.alive_bitset();
-        let mut docs = weight.scorer(seg, 1.0)?;
-        let mut buffer = [0 as DocId; COLLECT_BLOCK_BUFFER_LEN];
-        let mut seen = 0;
-        loop {
-            let n = docs.fill_buffer(&mut buffer);
-            for &doc in &buffer[..n] {
-                if alive.is_none_or(|a| a.is_alive(doc)) {
-                    seen += 1;
-                    self.offer(doc);
-                }
-            }
-            if n < buffer.len() || deadline.late() {
-                return Ok(seen);
-            }
-        }
+        Ok(live_matches(weight, seg, deadline, |doc| self.offer(doc), |_| false)?.0)
     }
 
     /// Offers the matches of the segment's newest runs of documents first:
@@ -1085,18 +1070,34 @@ fn count_at_most(
     max: usize,
     deadline: &Deadline,
 ) -> tantivy::Result<(usize, bool)> {
+    live_matches(weight, seg, deadline, |_| {}, |n| n >= max)
+}
+
+/// Calls `each` with every live match of `weight` in `seg`, a buffer of
+/// documents at a time, until they end, `enough(seen)` holds after a buffer,
+/// or the deadline passes; returns the matches seen and whether that was all.
+fn live_matches(
+    weight: &dyn Weight,
+    seg: &SegmentReader,
+    deadline: &Deadline,
+    mut each: impl FnMut(DocId),
+    enough: impl Fn(usize) -> bool,
+) -> tantivy::Result<(usize, bool)> {
     let alive = seg.alive_bitset();
     let mut docs = weight.scorer(seg, 1.0)?;
     let mut buffer = [0 as DocId; COLLECT_BLOCK_BUFFER_LEN];
-    let mut n = 0;
+    let mut seen = 0;
     loop {
         let got = docs.fill_buffer(&mut buffer);
-        n += buffer[..got].iter().filter(|&&d| alive.is_none_or(|a| a.is_alive(d))).count();
-        if got < buffer.len() {
-            return Ok((n, true));
+        for &doc in buffer[..got].iter().filter(|&&d| alive.is_none_or(|a| a.is_alive(d))) {
+            seen += 1;
+            each(doc);
         }
-        if n >= max || deadline.late() {
-            return Ok((n, false));
+        if got < buffer.len() {
+            return Ok((seen, true));
+        }
+        if enough(seen) || deadline.late() {
+            return Ok((seen, false));
         }
     }
 }
