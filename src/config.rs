@@ -247,6 +247,12 @@ impl Config {
             "ingest.max_decoded_bytes must be at least ingest.max_body_bytes (and that at least 1024)"
         );
         anyhow::ensure!(i.max_batch_events >= 1, "ingest.max_batch_events must be at least 1");
+        anyhow::ensure!(
+            self.rollup.keep_compacted_ms > self.sql.timeout_ms,
+            "rollup.keep_compacted_ms ({}) must exceed sql.timeout_ms ({}): a query may read compacted files until it ends",
+            self.rollup.keep_compacted_ms,
+            self.sql.timeout_ms
+        );
         // A record's encoding is bounded by its strings (never more than the
         // JSON that carried them), the site, and ten bytes per varint.
         let worst = i.max_decoded_bytes + i.max_batch_events * PER_EVENT_OVERHEAD;
@@ -306,6 +312,9 @@ mod tests {
         assert!(Config::from_toml("[log]\ncompression_level = 40").is_err());
         assert!(Config::from_toml("[site]\nid = \"a b\"").is_err());
         assert!(Config::from_toml("[log]\nrecovery = \"whatever\"").is_err());
+        let e = Config::from_toml("[sql]\ntimeout_ms = 90000").expect_err("compacted files would go first");
+        assert!(format!("{e:#}").contains("rollup.keep_compacted_ms"), "{e:#}");
+        Config::from_toml("[sql]\ntimeout_ms = 90000\n[rollup]\nkeep_compacted_ms = 120000").expect("valid");
         let c = Config::from_toml("[log]\nrecovery = \"strict\"\n[limits]\nmax_body_bytes = 10").expect("valid");
         assert_eq!(c.log.recovery, crate::log::RecoveryMode::Strict);
         assert_eq!(c.limits.max_body_bytes, 10);

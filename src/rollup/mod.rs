@@ -2,9 +2,12 @@
 //!
 //! One table is stored, `events`: one row per log record with every field but
 //! the body (the body is read from the log by offset when a query asks for
-//! it; ADR 0005). Files are partitioned by the UTC day of the event's `ts`
-//! (`events/day=YYYY-MM-DD/`), sorted by `(ts, offset)` inside, and named by
-//! the offset range of the batch that wrote them. `MANIFEST` (JSON, replaced
+//! it; ADR 0005). A batch writes one file per UTC day of the events' `ts`
+//! (`events/day=YYYY-MM-DD/`); compaction merges a run of small files, which
+//! may span several days when each day is small (`events/days=FIRST..LAST/`,
+//! ADR 0009). Files hold whole days' rows of their batches, sorted by
+//! `(ts, offset)` inside, and are named by the offset range of the batches
+//! that wrote them. `MANIFEST` (JSON, replaced
 //! atomically) lists the committed files and the watermark: every record
 //! below it is in exactly one listed file. A file not in the manifest is
 //! debris of a crash and is deleted on open, so writing a batch or a
@@ -45,10 +48,14 @@ pub struct RollupConfig {
     pub max_batch_events: u64,
     /// Rows per Parquet row group: the unit of pruning by `ts` statistics.
     pub row_group_rows: usize,
-    /// A day with this many files smaller than `compact_target_rows` is compacted.
+    /// A run of this many files smaller than `compact_target_rows`, in order
+    /// of their days, is compacted into one (the run may span days).
     pub compact_min_files: usize,
     /// Largest file a compaction writes, in rows.
     pub compact_target_rows: usize,
+    /// How long a compacted file outlives the manifest that listed it: a
+    /// query that took that manifest still reads it. Above `sql.timeout_ms`.
+    pub keep_compacted_ms: u64,
     /// zstd level of the Parquet pages.
     pub zstd_level: i32,
 }
@@ -62,6 +69,7 @@ impl Default for RollupConfig {
             row_group_rows: 128 * 1024,
             compact_min_files: 8,
             compact_target_rows: 2_000_000,
+            keep_compacted_ms: 60_000,
             zstd_level: 3,
         }
     }
@@ -79,9 +87,15 @@ pub const FILE_VALUE: &str = "events/1";
 pub struct FileEntry {
     /// Relative to the rollup directory.
     pub path: String,
+    /// The UTC day of the file's earliest row.
     pub day: String,
-    /// The offset range of the batch (or batches) the file came from; the
-    /// file holds the records of that range whose `ts` falls on `day`.
+    /// The UTC day of its latest row, when that is not `day`: a compacted
+    /// run of small days (ADR 0009).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_day: Option<String>,
+    /// The offset range of the batch (or the hull of the batches) the file
+    /// came from; every row has an offset in it and a `ts` from `day` to
+    /// `last_day`.
     pub first: u64,
     pub end: u64,
     pub rows: u64,
@@ -349,9 +363,24 @@ impl Rollups {
     }
 }
 
+impl FileEntry {
+    /// The UTC day of the file's latest row.
+    pub fn last_day(&self) -> &str {
+        self.last_day.as_deref().unwrap_or(&self.day)
+    }
+}
+
 /// The file a batch writes for `day`.
 pub fn file_path(day: &str, first: u64, end: u64) -> String {
     format!("events/day={day}/{first:020}-{end:020}.parquet")
+}
+
+/// The file a compaction writes for the days `day..=last_day`; `n` tells
+/// apart outputs that would otherwise share a name.
+pub fn span_path(day: &str, last_day: &str, first: u64, end: u64, n: usize) -> String {
+    let dir = if day == last_day { format!("day={day}") } else { format!("days={day}..{last_day}") };
+    let suffix = if n == 0 { String::new() } else { format!("-{n}") };
+    format!("events/{dir}/{first:020}-{end:020}{suffix}.parquet")
 }
 
 /// Groups `records` by UTC day, each day sorted by `(ts, offset)`.
