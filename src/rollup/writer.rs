@@ -210,6 +210,10 @@ fn run(rollups: &Rollups, log: &LogReader, config: &RollupConfig, stop: &AtomicB
     let mut last = Instant::now();
     // Files merged away, with when: deleted once no query can still read them.
     let mut merged_away: VecDeque<(Instant, Vec<PathBuf>)> = VecDeque::new();
+    // Compaction follows every batch, and runs once at start: the files may
+    // come from a crash between a batch and its compaction, or from a
+    // version that compacted otherwise.
+    let mut compact_due = true;
     while !stop.load(Ordering::SeqCst) {
         while merged_away.front().is_some_and(|(at, _)| at.elapsed() >= keep) {
             let (_, files) = merged_away.pop_front().expect("checked");
@@ -218,11 +222,12 @@ fn run(rollups: &Rollups, log: &LogReader, config: &RollupConfig, stop: &AtomicB
         let pending = log.head().0.saturating_sub(rollups.watermark().0);
         rollups.metrics.lag_events.set(pending as i64);
         let due = pending >= config.max_pending_events || (pending > 0 && last.elapsed() >= interval);
-        if !due {
+        if !due && !compact_due {
             std::thread::sleep(POLL);
             continue;
         }
-        let step = roll_once(rollups, log, config).and_then(|n| {
+        let rolled = if due { roll_once(rollups, log, config).map(Some) } else { Ok(None) };
+        let step = rolled.and_then(|n| {
             let gone = compact(rollups, config)?;
             if !gone.is_empty() {
                 merged_away.push_back((Instant::now(), gone));
@@ -230,8 +235,14 @@ fn run(rollups: &Rollups, log: &LogReader, config: &RollupConfig, stop: &AtomicB
             Ok(n)
         });
         match step {
-            Ok(_) => last = Instant::now(),
+            Ok(n) => {
+                compact_due = false;
+                if n.is_some() {
+                    last = Instant::now();
+                }
+            }
             Err(e) => {
+                compact_due = true;
                 error!("rollup failed, retrying from the manifest: {e:#}");
                 rollups.metrics.errors.inc();
                 std::thread::sleep(RETRY);

@@ -23,6 +23,7 @@ import glob
 import http.client
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -112,10 +113,16 @@ def engine_connect(engine, data):
         c.execute(f"CREATE VIEW events AS SELECT {cols} FROM read_parquet({files!r}, hive_partitioning = false)")
         return lambda sql: c.execute(sql).fetchall()
     from datafusion import SessionConfig, SessionContext
-    import pyarrow as pa
     ctx = SessionContext(SessionConfig().with_target_partitions(2))
-    ctx.register_listing_table("events_files", os.path.join(data, "rollup", "events") + "/",
-                               table_partition_cols=[("day", pa.string())], file_extension=".parquet")
+    # Exactly the manifest's files (a compacted run lives under days=A..B/,
+    # and merged files wait a while before they are deleted): one directory
+    # of links to them.
+    flat = os.path.join(data, "..", "datafusion-files")
+    shutil.rmtree(flat, ignore_errors=True)
+    os.makedirs(flat)
+    for i, p in enumerate(files):
+        os.symlink(os.path.abspath(p), os.path.join(flat, f"{i:05}.parquet"))
+    ctx.register_listing_table("events_files", flat + "/", file_extension=".parquet")
     ctx.sql(f"CREATE VIEW events AS SELECT {COLUMNS} FROM events_files").collect()
     return lambda sql: [tuple(r.values()) for b in ctx.sql(sql).collect() for r in b.to_pylist()]
 
