@@ -370,13 +370,9 @@ impl FileEntry {
     }
 }
 
-/// The file a batch writes for `day`.
-pub fn file_path(day: &str, first: u64, end: u64) -> String {
-    format!("events/day={day}/{first:020}-{end:020}.parquet")
-}
-
-/// The file a compaction writes for the days `day..=last_day`; `n` tells
-/// apart outputs that would otherwise share a name.
+/// The file of a batch, or of a compaction, holding the days
+/// `day..=last_day`; `n` tells apart compaction outputs that would otherwise
+/// share a name.
 pub fn span_path(day: &str, last_day: &str, first: u64, end: u64, n: usize) -> String {
     let dir = if day == last_day { format!("day={day}") } else { format!("days={day}..{last_day}") };
     let suffix = if n == 0 { String::new() } else { format!("-{n}") };

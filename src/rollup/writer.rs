@@ -17,9 +17,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use tracing::{error, info};
 use verbatim_schema::Offset;
 
-use super::{
-    by_day, events_batch, events_schema, file_path, span_path, write_file, FileEntry, Manifest, RollupConfig, Rollups,
-};
+use super::{by_day, events_batch, events_schema, span_path, write_file, FileEntry, Manifest, RollupConfig, Rollups};
 use crate::log::LogReader;
 
 /// Rolls up one batch from the watermark: at most `config.max_batch_events`
@@ -43,20 +41,13 @@ pub fn roll_once(rollups: &Rollups, log: &LogReader, config: &RollupConfig) -> a
     }
     let end = next;
     let mut files = Vec::new();
-    for (day, rows) in by_day(&records) {
-        let rel = file_path(&day, from.0, end.0);
+    for (day, last_day, rows) in day_spans(by_day(&records), config.row_group_rows as u64) {
+        let rel = span_path(&day, &last_day, from.0, end.0, 0);
         let batch = events_batch(&rows)?;
         let bytes = write_file(&rollups.dir().join(&rel), &[batch], config, from.0, end.0)
             .with_context(|| format!("writing {rel}"))?;
-        files.push(FileEntry {
-            path: rel,
-            day,
-            last_day: None,
-            first: from.0,
-            end: end.0,
-            rows: rows.len() as u64,
-            bytes,
-        });
+        let last_day = (last_day != day).then_some(last_day);
+        files.push(FileEntry { path: rel, day, last_day, first: from.0, end: end.0, rows: rows.len() as u64, bytes });
     }
     let mut next_manifest = Manifest::clone(&m);
     next_manifest.watermark = end.0;
@@ -67,6 +58,27 @@ pub fn roll_once(rollups: &Rollups, log: &LogReader, config: &RollupConfig) -> a
     rollups.metrics.rows.inc_by(n);
     rollups.metrics.batch_seconds.observe(t.elapsed().as_secs_f64());
     Ok(n)
+}
+
+/// A batch's days, each sorted by `(ts, offset)`, cut into the files it
+/// writes: consecutive days share a file while it holds at most `limit` rows
+/// (a row group), so a batch over many quiet days writes one file, not one
+/// per day; a busier day gets files of its own (ADR 0009).
+fn day_spans(
+    days: std::collections::BTreeMap<String, Vec<(Offset, &verbatim_schema::Record)>>,
+    limit: u64,
+) -> Vec<(String, String, Vec<(Offset, &verbatim_schema::Record)>)> {
+    let mut spans: Vec<(String, String, Vec<_>)> = Vec::new();
+    for (day, rows) in days {
+        match spans.last_mut() {
+            Some((_, last, span)) if (span.len() + rows.len()) as u64 <= limit => {
+                *last = day;
+                span.extend(rows);
+            }
+            _ => spans.push((day.clone(), day, rows)),
+        }
+    }
+    spans
 }
 
 /// Reads a rollup file whole.
@@ -88,7 +100,8 @@ pub fn compact(rollups: &Rollups, config: &RollupConfig) -> anyhow::Result<Vec<P
     let target = config.compact_target_rows.max(1) as u64;
     let mut manifest = Manifest::clone(&m);
     let mut obsolete = Vec::new();
-    for group in runs(&m.files, target).into_iter().filter(|r| r.len() >= config.compact_min_files.max(2)) {
+    let groups = runs(&m.files, target).into_iter().flat_map(tiers);
+    for group in groups.filter(|g| g.len() >= config.compact_min_files.max(2)) {
         let mut batches = Vec::new();
         for f in &group {
             batches.extend(read_file(&rollups.dir().join(&f.path))?);
@@ -155,6 +168,31 @@ fn runs(files: &[FileEntry], target: u64) -> Vec<Vec<&FileEntry>> {
         }
     }
     runs
+}
+
+/// Splits a run into the groups compaction may merge, from its newest days
+/// back: a file joins the group after it only while it holds no more rows
+/// than that group, so a row is rewritten about log2(target / batch) times
+/// before its file is full, not once per batch (ADR 0009).
+fn tiers(run: Vec<&FileEntry>) -> Vec<Vec<&FileEntry>> {
+    let mut groups = Vec::new();
+    let mut group: Vec<&FileEntry> = Vec::new();
+    let mut rows = 0;
+    for f in run.into_iter().rev() {
+        if !group.is_empty() && f.rows > rows {
+            group.reverse();
+            groups.push(std::mem::take(&mut group));
+            rows = 0;
+        }
+        rows += f.rows;
+        group.push(f);
+    }
+    if !group.is_empty() {
+        group.reverse();
+        groups.push(group);
+    }
+    groups.reverse();
+    groups
 }
 
 fn sort_by_time(b: &RecordBatch) -> anyhow::Result<RecordBatch> {
@@ -282,6 +320,8 @@ mod tests {
         let rollups = Rollups::open(&dir, Arc::new(RollupMetrics::default())).expect("open");
         let config = RollupConfig {
             max_batch_events: 100,
+            // Days never share a batch's file here.
+            row_group_rows: 1,
             compact_min_files: 4,
             compact_target_rows: 150,
             ..Default::default()
@@ -297,7 +337,7 @@ mod tests {
         assert!(merged.iter().all(|p| p.exists()), "kept until remove_files");
         remove_files(&merged);
         // Debris of an interrupted batch: a file no manifest lists.
-        let stray = dir.join(file_path("2023-11-14", 1000, 1100));
+        let stray = dir.join(span_path("2023-11-14", "2023-11-14", 1000, 1100, 0));
         std::fs::write(&stray, b"torn").expect("stray");
         drop(rollups);
         let rollups = Rollups::open(&dir, Arc::new(RollupMetrics::default())).expect("reopen");
@@ -341,7 +381,7 @@ mod tests {
         let rollups = Rollups::open(&dir, Arc::new(RollupMetrics::default())).expect("open");
         let config = RollupConfig {
             max_batch_events: 100,
-            compact_min_files: 4,
+            compact_min_files: 2,
             compact_target_rows: 250,
             ..Default::default()
         };
@@ -349,25 +389,35 @@ mod tests {
         while total < 650 {
             total += roll_once(&rollups, &reader, &config).expect("roll");
         }
-        assert_eq!(rollups.manifest().files.len(), 61, "one file per day and batch");
+        let spans = |m: &Manifest| -> Vec<(u64, String, String)> {
+            m.files.iter().map(|f| (f.rows, f.day.clone(), f.last_day().to_string())).collect()
+        };
+        let s = |rows: u64, day: &str, last: &str| (rows, day.to_string(), last.to_string());
+        // A batch's quiet days share one file: six batches of ten days, and the late batch.
+        assert_eq!(rollups.manifest().files.len(), 7);
+        let f = &rollups.manifest().files[3];
+        assert_eq!(
+            (f.path.as_str(), f.day.as_str(), f.last_day(), f.rows),
+            (span_path("2023-12-14", "2023-12-23", 300, 400, 0).as_str(), "2023-12-14", "2023-12-23", 100)
+        );
         let merged = compact(&rollups, &config).expect("compact");
-        assert_eq!(merged.len(), 61);
+        assert_eq!(merged.len(), 6, "all but the late file");
         remove_files(&merged);
         let m = rollups.manifest();
-        let spans: Vec<(u64, &str, &str)> = m.files.iter().map(|f| (f.rows, f.day.as_str(), f.last_day())).collect();
-        // Runs of at most 250 rows in day order; day 30's 60 rows (two files) stay in one run.
+        // Runs of at most 250 rows in day order: [days 0-9, 10-19], [20-29, 30-39, late day 30],
+        // [40-49, 50-59]; in the middle run the late 50 rows wait for as many after them.
         assert_eq!(
-            spans,
+            spans(&m),
             vec![
-                (250, "2023-11-14", "2023-12-08"),
-                (250, "2023-12-09", "2023-12-28"),
-                (150, "2023-12-29", "2024-01-12"),
+                s(200, "2023-11-14", "2023-12-03"),
+                s(200, "2023-12-04", "2023-12-23"),
+                s(50, "2023-12-14", "2023-12-14"),
+                s(200, "2023-12-24", "2024-01-12"),
             ]
         );
-        assert!(m.files.iter().all(|f| f.path.starts_with("events/days=")), "{m:?}");
         let dirs = std::fs::read_dir(dir.join("events")).expect("events").count();
-        assert_eq!(dirs, 3, "the directories of the merged files are gone");
-        assert!(compact(&rollups, &config).expect("again").is_empty(), "full runs and a lone file stay");
+        assert_eq!(dirs, 4, "the directories of the merged files are gone");
+        assert!(compact(&rollups, &config).expect("again").is_empty(), "no run holds a group to merge");
         let mut offsets = Vec::new();
         for f in &m.files {
             for b in read_file(&dir.join(&f.path)).expect("read") {
@@ -382,7 +432,7 @@ mod tests {
     #[test]
     fn a_file_that_is_not_small_cuts_the_runs() {
         let f = |day: &str, first: u64, rows: u64| FileEntry {
-            path: file_path(day, first, first + rows),
+            path: span_path(day, day, first, first + rows, 0),
             day: day.into(),
             last_day: None,
             first,
@@ -407,6 +457,53 @@ mod tests {
                 vec![d("2026-01-01", 0)],
                 vec![d("2026-01-03", 0), d("2026-01-03", 50), d("2026-01-04", 0)],
                 vec![d("2026-01-05", 0)]
+            ]
+        );
+    }
+
+    #[test]
+    fn a_file_is_merged_only_with_at_least_as_many_rows_after_it() {
+        let f = |day: u32, rows: u64| FileEntry {
+            path: span_path(&format!("2026-01-{day:02}"), &format!("2026-01-{day:02}"), 0, rows, 0),
+            day: format!("2026-01-{day:02}"),
+            last_day: None,
+            first: 0,
+            end: rows,
+            rows,
+            bytes: 0,
+        };
+        let sizes = |run: Vec<FileEntry>| -> Vec<Vec<u64>> {
+            tiers(run.iter().collect()).iter().map(|g| g.iter().map(|f| f.rows).collect()).collect()
+        };
+        // A binary counter: 200 + 100 + ten files of 10 merge into one.
+        let mut run = vec![f(1, 200), f(2, 100)];
+        run.extend((3..13).map(|d| f(d, 10)));
+        assert_eq!(sizes(run), vec![[vec![200, 100], vec![10; 10]].concat()]);
+        // 400 and 100 wait until as many rows come after them.
+        let mut run = vec![f(1, 400), f(2, 100)];
+        run.extend((3..8).map(|d| f(d, 10)));
+        assert_eq!(sizes(run), vec![vec![400], vec![100], vec![10; 5]]);
+    }
+
+    #[test]
+    fn a_batch_puts_consecutive_quiet_days_in_one_file_and_a_busy_day_in_its_own() {
+        let recs: Vec<(Offset, verbatim_schema::Record)> = [(1, 10), (2, 10), (3, 50), (4, 10)]
+            .iter()
+            .flat_map(|&(day, n)| (0..n).map(move |i| (day, i)))
+            .enumerate()
+            .map(|(o, (day, i))| {
+                let r = record("irc", "a", "b", None, "x", 1_700_000_000 + day * 86_400 + i, o as u64 + 1);
+                (Offset(o as u64), r)
+            })
+            .collect();
+        let got: Vec<_> = day_spans(by_day(&recs), 30).into_iter().map(|(a, b, rows)| (a, b, rows.len())).collect();
+        let s = |a: &str, b: &str, n: usize| (a.to_string(), b.to_string(), n);
+        assert_eq!(
+            got,
+            vec![
+                s("2023-11-15", "2023-11-16", 20),
+                s("2023-11-17", "2023-11-17", 50),
+                s("2023-11-18", "2023-11-18", 10)
             ]
         );
     }

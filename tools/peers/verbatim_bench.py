@@ -3,14 +3,16 @@
 
 Durable ingest of the shared workload through POST /v1/events in 1k-event
 NDJSON batches (ack after fdatasync), one client like the SQL peers and then 4,
-with per-batch latency; bytes on disk per event (log + RocksDB state, after
-the server sealed its segments on SIGTERM). Bodies are prepared before timing.
-After the 1-client ingest: how long the index needs to cover the log, then the
-200 queries of queries.txt through GET /v1/search (newest first, LIMIT 100,
-bodies and snippets included, each read audited), one client, 1 warm-up and 3
-timed passes, with `verbatim-loadgen query`. Then the two aggregations of
-the peers (count per network per day, top 20 senders) through POST /v1/sql
-once the rollups cover the log: hot (1 warm-up, then RUNS runs, median) and
+with per-batch latency; bytes on disk per event (log + RocksDB state + index
++ the rollup files the manifest lists, after the server sealed its segments
+on SIGTERM). Bodies are prepared before timing.
+After the 1-client ingest: how long the index needs to cover the log. Then,
+once the server's background work is done (rollups cover the log, their
+compaction finished), the 200 queries of queries.txt through GET /v1/search
+(newest first, LIMIT 100, bodies and snippets included, each read audited),
+one client, 1 warm-up and 3 timed passes, with `verbatim-loadgen query`, and
+the two aggregations of the peers (count per network per day, top 20
+senders) through POST /v1/sql: hot (1 warm-up, then RUNS runs, median) and
 cold (each run a freshly started server, the rollup files evicted from the
 page cache first, as the peers' cold runs evict theirs); the time is the HTTP
 round trip, including the audit record written before the answer.
@@ -126,8 +128,25 @@ def wait_rollups(port, token, n):
         time.sleep(0.1)
 
 
+def wait_settled(port, token, n, quiet=5.0):
+    """Waits until the rollups cover all n events and their files have not
+    changed for `quiet` seconds: the last batch's compaction is done, and the
+    server's background work no longer competes with the queries (the peers'
+    queries, too, run after their loads finished)."""
+    wait_rollups(port, token, n)
+    last, since = None, time.perf_counter()
+    while True:
+        _, st = get_json(port, "/v1/status", token)
+        seen = (st["rollups"]["files"], st["rollups"]["bytes"])
+        if seen != last:
+            last, since = seen, time.perf_counter()
+        elif time.perf_counter() - since >= quiet:
+            return st["rollups"]
+        time.sleep(0.25)
+
+
 def sql_hot(port, auditor, n, runs):
-    r = wait_rollups(port, auditor, n)
+    r = wait_settled(port, auditor, n)
     print(f"verbatim rollups: cover all {n} events in {r['files']} files, {r['bytes'] / n:.1f} B/event", flush=True)
     for label, query in AGGS:
         with Step(f"verbatim hot {label}") as st:
@@ -142,7 +161,6 @@ def sql_hot(port, auditor, n, runs):
 def sql_cold(bin_dir, data, n, runs):
     """Each run: a fresh server process, the rollup files evicted, one query."""
     auditor = new_auditor(bin_dir, data)
-    rollup_files = [os.path.join(root, f) for root, _, files in os.walk(os.path.join(data, "rollup")) for f in files]
     for label, query in AGGS:
         times = []
         with Step(f"verbatim cold {label}") as st:
@@ -151,8 +169,13 @@ def sql_cold(bin_dir, data, n, runs):
                 server = start(bin_dir, data, port)
                 try:
                     wait_rollups(port, auditor, n)
-                    for f in rollup_files:
-                        drop_file_cache(f)
+                    # Listed now: a start compacts and deletes what no manifest lists.
+                    for root, _, files in os.walk(os.path.join(data, "rollup")):
+                        for f in files:
+                            try:
+                                drop_file_cache(os.path.join(root, f))
+                            except FileNotFoundError:
+                                pass  # merged away meanwhile
                     times.append(sql(port, auditor, query)[0])
                 finally:
                     server.send_signal(signal.SIGTERM)
@@ -177,6 +200,7 @@ def search_row(bin_dir, data, port, n, ingest_end, clients, runs):
          seconds=caught_up, events=n)
     if clients != 1:
         return auditor
+    wait_settled(port, auditor, n)
     queries = os.path.join(PEERS, "queries.txt")
     with Step("verbatim FTS 200q") as stp:
         out = subprocess.run([os.path.join(bin_dir, "verbatim-loadgen"), "query", "--url", f"http://127.0.0.1:{port}",
@@ -217,7 +241,12 @@ def run(bin_dir, lines, batch, clients, runs):
     if clients == 1:
         sql_cold(bin_dir, data, n, runs)
     log_b, state_b = dir_bytes(os.path.join(data, "log")), dir_bytes(os.path.join(data, "state"))
-    index_b, rollup_b = dir_bytes(os.path.join(data, "index")), dir_bytes(os.path.join(data, "rollup"))
+    # The rollups the manifest lists: files merged away wait out
+    # rollup.keep_compacted_ms before they are deleted (or the next start).
+    with open(os.path.join(data, "rollup", "MANIFEST"), "rb") as f:
+        manifest = f.read()
+    rollup_b = len(manifest) + sum(e["bytes"] for e in json.loads(manifest)["files"])
+    index_b = dir_bytes(os.path.join(data, "index"))
     size = log_b + state_b + index_b + rollup_b
     print(f"verbatim ingest x{clients}: {n / st.seconds:.0f} ev/s in {st.seconds:.1f}s, batch p50 {pct(lat, 50) * 1e3:.1f} ms "
           f"p99 {pct(lat, 99) * 1e3:.1f} ms; {size / n:.1f} B/event (log {log_b / n:.1f}, state {state_b / n:.1f}, "
