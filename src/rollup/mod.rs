@@ -2,13 +2,13 @@
 //!
 //! One table is stored, `events`: one row per log record with every field but
 //! the body (the body is read from the log by offset when a query asks for
-//! it; ADR 0005). A batch writes one file per UTC day of the events' `ts`
-//! (`events/day=YYYY-MM-DD/`); compaction merges a run of small files, which
-//! may span several days when each day is small (`events/days=FIRST..LAST/`,
-//! ADR 0009). Files hold whole days' rows of their batches, sorted by
-//! `(ts, offset)` inside, and are named by the offset range of the batches
-//! that wrote them. `MANIFEST` (JSON, replaced
-//! atomically) lists the committed files and the watermark: every record
+//! it; ADR 0005). A batch groups its rows by the UTC day of their `ts`;
+//! consecutive quiet days share a file up to a row group, a busy day gets
+//! its own (`events/day=YYYY-MM-DD/`, `events/days=FIRST..LAST/`).
+//! Compaction merges tiered runs of small files in day order (ADR 0009).
+//! Files hold whole days' rows of their batches, sorted by `(ts, offset)`
+//! inside, and are named by the offset range of the batches that wrote
+//! them. `MANIFEST` (JSON, replaced atomically) lists the committed files and the watermark: every record
 //! below it is in exactly one listed file. A file not in the manifest is
 //! debris of a crash and is deleted on open, so writing a batch or a
 //! compaction is atomic however it is interrupted.
@@ -46,10 +46,11 @@ pub struct RollupConfig {
     pub max_pending_events: u64,
     /// Most records one batch reads from the log.
     pub max_batch_events: u64,
-    /// Rows per Parquet row group: the unit of pruning by `ts` statistics.
+    /// Rows per Parquet row group: the unit of pruning by `ts` statistics,
+    /// and the most rows a batch puts in one file of several quiet days.
     pub row_group_rows: usize,
-    /// A run of this many files smaller than `compact_target_rows`, in order
-    /// of their days, is compacted into one (the run may span days).
+    /// A group of this many files smaller than `compact_target_rows`, in
+    /// order of their days and of about one size, is compacted into one.
     pub compact_min_files: usize,
     /// Largest file a compaction writes, in rows.
     pub compact_target_rows: usize,
@@ -89,8 +90,8 @@ pub struct FileEntry {
     pub path: String,
     /// The UTC day of the file's earliest row.
     pub day: String,
-    /// The UTC day of its latest row, when that is not `day`: a compacted
-    /// run of small days (ADR 0009).
+    /// The UTC day of its latest row, when that is not `day`: a file of
+    /// several quiet days (ADR 0009).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_day: Option<String>,
     /// The offset range of the batch (or the hull of the batches) the file

@@ -60,15 +60,15 @@ pub fn roll_once(rollups: &Rollups, log: &LogReader, config: &RollupConfig) -> a
     Ok(n)
 }
 
+/// Rows of a batch, sorted by `(ts, offset)`.
+type Rows<'a> = Vec<(Offset, &'a verbatim_schema::Record)>;
+
 /// A batch's days, each sorted by `(ts, offset)`, cut into the files it
 /// writes: consecutive days share a file while it holds at most `limit` rows
 /// (a row group), so a batch over many quiet days writes one file, not one
 /// per day; a busier day gets files of its own (ADR 0009).
-fn day_spans(
-    days: std::collections::BTreeMap<String, Vec<(Offset, &verbatim_schema::Record)>>,
-    limit: u64,
-) -> Vec<(String, String, Vec<(Offset, &verbatim_schema::Record)>)> {
-    let mut spans: Vec<(String, String, Vec<_>)> = Vec::new();
+fn day_spans(days: std::collections::BTreeMap<String, Rows<'_>>, limit: u64) -> Vec<(String, String, Rows<'_>)> {
+    let mut spans: Vec<(String, String, Rows)> = Vec::new();
     for (day, rows) in days {
         match spans.last_mut() {
             Some((_, last, span)) if (span.len() + rows.len()) as u64 <= limit => {
