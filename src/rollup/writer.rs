@@ -112,11 +112,12 @@ pub fn compact(rollups: &Rollups, config: &RollupConfig) -> anyhow::Result<Vec<P
         let end = group.iter().map(|f| f.end).max().unwrap_or(0);
         let day = group.iter().map(|f| f.day.as_str()).min().unwrap_or_default().to_string();
         let last_day = group.iter().map(|f| f.last_day()).max().unwrap_or_default().to_string();
-        // Offset hulls of runs across days can coincide; a name already in
-        // use (by an input, too) would be deleted with the inputs.
+        // Offset hulls of runs across days can coincide. A name in use by a
+        // listed file (an input, too) or by a file merged away earlier and
+        // not yet deleted would be deleted with it.
         let rel = (0..)
             .map(|n| span_path(&day, &last_day, first, end, n))
-            .find(|p| !manifest.files.iter().any(|f| &f.path == p))
+            .find(|p| !manifest.files.iter().any(|f| &f.path == p) && !rollups.dir().join(p).exists())
             .expect("an unused name");
         let bytes = write_file(&rollups.dir().join(&rel), &[sorted], config, first, end)?;
         let gone: std::collections::HashSet<&str> = group.iter().map(|f| f.path.as_str()).collect();
@@ -402,10 +403,17 @@ mod tests {
             (f.path.as_str(), f.day.as_str(), f.last_day(), f.rows),
             (span_path("2023-12-14", "2023-12-23", 300, 400, 0).as_str(), "2023-12-14", "2023-12-23", 100)
         );
+        // A file merged away earlier and not yet deleted holds the name the
+        // first run's output would take: the output takes another.
+        let waiting = dir.join(span_path("2023-11-14", "2023-12-03", 0, 200, 0));
+        std::fs::create_dir_all(waiting.parent().expect("dir")).expect("mkdir");
+        std::fs::write(&waiting, b"merged away, not yet deleted").expect("write");
         let merged = compact(&rollups, &config).expect("compact");
         assert_eq!(merged.len(), 7);
         remove_files(&merged);
+        assert_eq!(std::fs::read(&waiting).expect("still there"), b"merged away, not yet deleted");
         let m = rollups.manifest();
+        assert_eq!(m.files[0].path, span_path("2023-11-14", "2023-12-03", 0, 200, 1));
         // Runs of at most 250 rows in day order: [days 0-9, 10-19], [20-29, 30-39 and the
         // late rows of day 30], [40-49, 50-59].
         assert_eq!(
