@@ -8,10 +8,11 @@
 //! Compaction merges tiered runs of small files in day order (ADR 0009).
 //! Files hold whole days' rows of their batches, sorted by `(ts, offset)`
 //! inside, and are named by the offset range of the batches that wrote
-//! them. `MANIFEST` (JSON, replaced atomically) lists the committed files and the watermark: every record
-//! below it is in exactly one listed file. A file not in the manifest is
-//! debris of a crash and is deleted on open, so writing a batch or a
-//! compaction is atomic however it is interrupted.
+//! them. `MANIFEST` (JSON, replaced atomically) lists the committed files
+//! and the watermark: every record below it is in exactly one listed file.
+//! A file not in the manifest is debris of a crash (or merged away and
+//! waiting out `keep_compacted_ms`) and is deleted on open, so writing a
+//! batch or a compaction is atomic however it is interrupted.
 
 pub mod writer;
 
