@@ -155,18 +155,22 @@ pub fn remove_files(files: &[PathBuf]) {
 fn runs(files: &[FileEntry], target: u64) -> Vec<Vec<&FileEntry>> {
     let mut files: Vec<&FileEntry> = files.iter().collect();
     files.sort_by(|a, b| (a.day.as_str(), a.first).cmp(&(b.day.as_str(), b.first)));
-    let mut runs: Vec<Vec<&FileEntry>> = vec![Vec::new()];
+    let mut runs = Vec::new();
+    let mut run: Vec<&FileEntry> = Vec::new();
     let mut rows = 0;
     for f in files {
         let small = f.rows < target;
-        if runs.last().is_some_and(|r| !r.is_empty()) && (!small || rows + f.rows > target) {
-            runs.push(Vec::new());
+        if !run.is_empty() && (!small || rows + f.rows > target) {
+            runs.push(std::mem::take(&mut run));
             rows = 0;
         }
         if small {
             rows += f.rows;
-            runs.last_mut().expect("never empty").push(f);
+            run.push(f);
         }
+    }
+    if !run.is_empty() {
+        runs.push(run);
     }
     runs
 }
@@ -301,52 +305,28 @@ mod tests {
     use crate::log::{Log, LogConfig};
     use crate::metrics::RollupMetrics;
 
-    fn log_with(dir: &std::path::Path, n: u64) -> Log {
+    fn log_of(dir: &std::path::Path, records: Vec<verbatim_schema::Record>) -> Log {
         let mut log = Log::open(Arc::new(FsStorage), dir, LogConfig::default()).expect("log");
-        let records: Vec<_> = (0..n)
-            .map(|i| {
-                // Three days, out of order inside each batch (`record` takes seconds).
-                let ts = 1_700_000_000 + (i as i64 % 3) * 86_400 + (i as i64 * 7919 % 1000);
-                record("irc", "alice", "bob", Some("#desk"), &format!("message {i}"), ts, i + 1)
-            })
-            .collect();
         log.append(&mut [records]).expect("append");
         log
     }
 
-    #[test]
-    fn batches_and_compactions_keep_every_offset_exactly_once_and_survive_crash_debris() {
-        let tmp = tempfile::tempdir().expect("tmp");
-        let log = log_with(&tmp.path().join("log"), 1000);
-        let reader = log.reader();
-        let dir = tmp.path().join("rollup");
-        let rollups = Rollups::open(&dir, Arc::new(RollupMetrics::default())).expect("open");
-        let config = RollupConfig {
-            max_batch_events: 100,
-            // Days never share a batch's file here.
-            row_group_rows: 1,
-            compact_min_files: 4,
-            compact_target_rows: 150,
-            ..Default::default()
-        };
-        let mut total = 0;
-        while total < 1000 {
-            total += roll_once(&rollups, &reader, &config).expect("roll");
+    fn open(dir: &std::path::Path) -> Arc<Rollups> {
+        Rollups::open(dir, Arc::new(RollupMetrics::default())).expect("open")
+    }
+
+    /// Rolls up batches until the rollups cover the log.
+    fn roll_all(rollups: &Rollups, log: &LogReader, config: &RollupConfig) {
+        while rollups.watermark() < log.head() {
+            roll_once(rollups, log, config).expect("roll");
         }
-        assert_eq!(rollups.watermark(), Offset(1000));
-        assert_eq!(rollups.manifest().files.len(), 30, "ten batches over three days");
-        let merged = compact(&rollups, &config).expect("compact");
-        assert!(merged.len() >= 6, "merged {merged:?}");
-        assert!(merged.iter().all(|p| p.exists()), "kept until remove_files");
-        remove_files(&merged);
-        // Debris of an interrupted batch: a file no manifest lists.
-        let stray = dir.join(span_path("2023-11-14", "2023-11-14", 1000, 1100, 0));
-        std::fs::write(&stray, b"torn").expect("stray");
-        drop(rollups);
-        let rollups = Rollups::open(&dir, Arc::new(RollupMetrics::default())).expect("reopen");
-        assert!(!stray.exists(), "unlisted files are removed on open");
+    }
+
+    /// Checks every listed file (rows sorted by time, inside its days and
+    /// offset range) and returns the offsets they hold, sorted.
+    fn listed_offsets(dir: &std::path::Path, m: &Manifest) -> Vec<i64> {
         let mut offsets = Vec::new();
-        for f in &rollups.manifest().files {
+        for f in &m.files {
             let mut last_ts = i64::MIN;
             for b in read_file(&dir.join(&f.path)).expect("read") {
                 let o = b.column(0).as_any().downcast_ref::<Int64Array>().expect("offset");
@@ -362,13 +342,49 @@ mod tests {
             }
         }
         offsets.sort_unstable();
-        assert_eq!(offsets, (0..1000).collect::<Vec<i64>>());
+        offsets
+    }
+
+    #[test]
+    fn batches_and_compactions_keep_every_offset_exactly_once_and_survive_crash_debris() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let records = (0..1000u64)
+            .map(|i| {
+                // Three days, out of order inside each batch (`record` takes seconds).
+                let ts = 1_700_000_000 + (i as i64 % 3) * 86_400 + (i as i64 * 7919 % 1000);
+                record("irc", "alice", "bob", Some("#desk"), &format!("message {i}"), ts, i + 1)
+            })
+            .collect();
+        let log = log_of(&tmp.path().join("log"), records);
+        let dir = tmp.path().join("rollup");
+        let rollups = open(&dir);
+        let config = RollupConfig {
+            max_batch_events: 100,
+            // Days never share a batch's file here.
+            row_group_rows: 1,
+            compact_min_files: 4,
+            compact_target_rows: 150,
+            ..Default::default()
+        };
+        roll_all(&rollups, &log.reader(), &config);
+        assert_eq!(rollups.watermark(), Offset(1000));
+        assert_eq!(rollups.manifest().files.len(), 30, "ten batches over three days");
+        let merged = compact(&rollups, &config).expect("compact");
+        assert!(merged.len() >= 6, "merged {merged:?}");
+        assert!(merged.iter().all(|p| p.exists()), "kept until remove_files");
+        remove_files(&merged);
+        // Debris of an interrupted batch: a file no manifest lists.
+        let stray = dir.join(span_path("2023-11-14", "2023-11-14", 1000, 1100, 0));
+        std::fs::write(&stray, b"torn").expect("stray");
+        drop(rollups);
+        let rollups = open(&dir);
+        assert!(!stray.exists(), "unlisted files are removed on open");
+        assert_eq!(listed_offsets(&dir, &rollups.manifest()), (0..1000).collect::<Vec<i64>>());
     }
 
     #[test]
     fn runs_of_small_days_merge_into_files_spanning_them() {
         let tmp = tempfile::tempdir().expect("tmp");
-        let mut log = Log::open(Arc::new(FsStorage), &tmp.path().join("log"), LogConfig::default()).expect("log");
         // 60 days with 10 events each, in time order, then 50 late events of day 30.
         let mut records: Vec<_> = (0..600u64)
             .map(|i| {
@@ -378,20 +394,16 @@ mod tests {
         records.extend(
             (600..650u64).map(|i| record("irc", "carol", "bob", None, "late", 1_700_000_000 + 30 * 86_400 + 5, i + 1)),
         );
-        log.append(&mut [records]).expect("append");
-        let reader = log.reader();
+        let log = log_of(&tmp.path().join("log"), records);
         let dir = tmp.path().join("rollup");
-        let rollups = Rollups::open(&dir, Arc::new(RollupMetrics::default())).expect("open");
+        let rollups = open(&dir);
         let config = RollupConfig {
             max_batch_events: 100,
             compact_min_files: 2,
             compact_target_rows: 250,
             ..Default::default()
         };
-        let mut total = 0;
-        while total < 650 {
-            total += roll_once(&rollups, &reader, &config).expect("roll");
-        }
+        roll_all(&rollups, &log.reader(), &config);
         let spans = |m: &Manifest| -> Vec<(u64, String, String)> {
             m.files.iter().map(|f| (f.rows, f.day.clone(), f.last_day().to_string())).collect()
         };
@@ -427,15 +439,7 @@ mod tests {
         let dirs = std::fs::read_dir(dir.join("events")).expect("events").count();
         assert_eq!(dirs, 3, "the directories of the merged files are gone");
         assert!(compact(&rollups, &config).expect("again").is_empty(), "no run holds a group to merge");
-        let mut offsets = Vec::new();
-        for f in &m.files {
-            for b in read_file(&dir.join(&f.path)).expect("read") {
-                let o = b.column(0).as_any().downcast_ref::<Int64Array>().expect("offset");
-                offsets.extend((0..b.num_rows()).map(|i| o.value(i)));
-            }
-        }
-        offsets.sort_unstable();
-        assert_eq!(offsets, (0..650).collect::<Vec<i64>>());
+        assert_eq!(listed_offsets(&dir, &m), (0..650).collect::<Vec<i64>>());
     }
 
     #[test]
@@ -458,7 +462,7 @@ mod tests {
             f("2026-01-05", 0, 40),
         ];
         let days = |r: &Vec<&FileEntry>| r.iter().map(|f| (f.day.clone(), f.first)).collect::<Vec<_>>();
-        let got: Vec<_> = runs(&files, 100).iter().map(days).filter(|r| !r.is_empty()).collect();
+        let got: Vec<_> = runs(&files, 100).iter().map(days).collect();
         let d = |day: &str, first: u64| (day.to_string(), first);
         assert_eq!(
             got,
