@@ -126,7 +126,8 @@ struct RunArgs {
     /// Appends every acknowledged event (as sent) to this file.
     #[arg(long)]
     acks: Option<PathBuf>,
-    /// Remembers each client's next sequence number here, to resume.
+    /// Remembers each client's next sequence number here, to resume (written
+    /// when the client stops).
     #[arg(long)]
     state: Option<PathBuf>,
     /// Stop (after the batch in flight is acknowledged) once this file exists.
@@ -237,51 +238,57 @@ fn run_client(
     let started = Instant::now();
     let pace = args.rate.map(|r| Duration::from_secs_f64(args.batch as f64 * f64::from(args.clients) / r));
     let mut batches = 0u32;
-    loop {
-        let stop = per_client.is_some_and(|n| next >= start + n)
-            || deadline.is_some_and(|d| Instant::now() >= d)
-            || args.stop_file.as_ref().is_some_and(|f| f.exists());
-        if stop {
-            return Ok(());
-        }
-        if let Some(p) = pace {
-            let due = started + p * batches;
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                std::thread::sleep(wait);
+    // The state is written once, when the client stops: a write and a rename
+    // after every ack would put the client's own metadata into each of the
+    // server's fdatasyncs (one filesystem journal) and into its latency.
+    let sent = (|| -> anyhow::Result<()> {
+        loop {
+            let stop = per_client.is_some_and(|n| next >= start + n)
+                || deadline.is_some_and(|d| Instant::now() >= d)
+                || args.stop_file.as_ref().is_some_and(|f| f.exists());
+            if stop {
+                return Ok(());
             }
-        }
-        let n = per_client.map_or(args.batch as u64, |total| (start + total - next).min(args.batch as u64));
-        let lines: Vec<String> = (0..n).map(|_| g.next_event().to_string()).collect();
-        let body = lines.iter().map(|l| format!("{l}\n")).collect::<String>().into_bytes();
-        let reply = loop {
-            let t = Instant::now();
-            match post(&agent, args, &body)? {
-                Sent::Acked(v) => {
-                    stats.latencies_us.lock().expect("stats").push(t.elapsed().as_micros() as u64);
-                    break v;
-                }
-                Sent::Retry(wait) => {
-                    stats.refused.fetch_add(1, Ordering::Relaxed);
+            if let Some(p) = pace {
+                let due = started + p * batches;
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
                     std::thread::sleep(wait);
                 }
             }
-        };
-        stats.acked_events.fetch_add(n, Ordering::Relaxed);
-        stats.acked_bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
-        stats.duplicates.fetch_add(reply["duplicates"].as_u64().unwrap_or(0), Ordering::Relaxed);
-        if let Some(acks) = acks {
-            let mut w = acks.lock().expect("acks");
-            w.write_all(&body)?;
-            w.flush()?;
+            let n = per_client.map_or(args.batch as u64, |total| (start + total - next).min(args.batch as u64));
+            let lines: Vec<String> = (0..n).map(|_| g.next_event().to_string()).collect();
+            let body = lines.iter().map(|l| format!("{l}\n")).collect::<String>().into_bytes();
+            let reply = loop {
+                let t = Instant::now();
+                match post(&agent, args, &body)? {
+                    Sent::Acked(v) => {
+                        stats.latencies_us.lock().expect("stats").push(t.elapsed().as_micros() as u64);
+                        break v;
+                    }
+                    Sent::Retry(wait) => {
+                        stats.refused.fetch_add(1, Ordering::Relaxed);
+                        std::thread::sleep(wait);
+                    }
+                }
+            };
+            stats.acked_events.fetch_add(n, Ordering::Relaxed);
+            stats.acked_bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+            stats.duplicates.fetch_add(reply["duplicates"].as_u64().unwrap_or(0), Ordering::Relaxed);
+            if let Some(acks) = acks {
+                let mut w = acks.lock().expect("acks");
+                w.write_all(&body)?;
+                w.flush()?;
+            }
+            next += n;
+            batches += 1;
         }
-        next += n;
-        batches += 1;
-        if let Some(dir) = &args.state {
-            let path = state_file(dir, client);
-            std::fs::write(path.with_extension("tmp"), next.to_string())?;
-            std::fs::rename(path.with_extension("tmp"), path)?;
-        }
+    })();
+    if let Some(dir) = &args.state {
+        let path = state_file(dir, client);
+        std::fs::write(path.with_extension("tmp"), next.to_string())?;
+        std::fs::rename(path.with_extension("tmp"), path)?;
     }
+    sent
 }
 
 fn pct(sorted: &[u64], p: f64) -> f64 {
