@@ -1,17 +1,17 @@
 #!/usr/bin/env python3
 """fdatasync reference: p50/p99 of (append N bytes + fdatasync) in DIR, as JSON.
 
-usage: fsync_probe.py DIR [BYTES] [RATE]
+usage: fsync_probe.py DIR [BYTES] [RATE] [COUNT]
 Without RATE the appends run back to back (the disk's queue stays busy);
 with RATE they are paced at RATE per second, as a server at that load
-syncs a disk that is idle between writes.
+syncs a disk that is idle between writes. COUNT appends (2,000 by default).
 """
 import json, os, sys, time
 d = sys.argv[1] if len(sys.argv) > 1 else "."
 size = int(sys.argv[2]) if len(sys.argv) > 2 else 4096
 rate = float(sys.argv[3]) if len(sys.argv) > 3 else None
-n = 2000
-path = os.path.join(d, "fsync.probe")
+n = int(sys.argv[4]) if len(sys.argv) > 4 else 2000
+path = os.path.join(d, f"fsync.probe.{os.getpid()}")
 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
 buf, lat = b"x" * size, []
 start = time.perf_counter()
