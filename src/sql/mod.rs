@@ -12,6 +12,7 @@
 //! runs on the SQL runtime (not the one serving ingest) under a deadline, a
 //! memory pool, a cap on concurrent queries and a cap on rows returned.
 
+pub mod date_trunc;
 pub mod format;
 pub mod reports;
 pub mod search_fn;
@@ -175,6 +176,7 @@ impl SqlEngine {
         session.options_mut().sql_parser.recursion_limit =
             datafusion::common::config::ConfigNonZeroUsize::try_new(config.max_nesting.max(8))?;
         let ctx = SessionContext::new_with_config_rt(session, runtime_env);
+        ctx.register_udf(date_trunc::UtcDateTrunc::udf());
         let metrics = sites.own().rollups.metrics.clone();
         tables::register(&ctx, sites.clone(), blocks.clone(), config.max_tail_events)?;
         ctx.register_udtf(
