@@ -283,6 +283,64 @@ async fn concurrent_queries_past_the_cap_are_told_to_retry() {
     assert!(f.engine.run(q).await.is_ok(), "the cap is released");
 }
 
+/// top_talkers counts distinct networks by grouping, not with
+/// count(DISTINCT network): on events with several networks per sender,
+/// conversations with the same id at two sites and events without a
+/// conversation, it answers as that plainer formulation does.
+#[tokio::test]
+async fn top_talkers_answers_as_count_distinct_would() {
+    let ctx = datafusion::prelude::SessionContext::new();
+    let rows = [
+        ("alice", "irc", "hq", "1", "message", 5),
+        ("alice", "irc", "hq", "1", "message", 7),
+        ("alice", "irc", "hq", "2", "message", 11),
+        ("alice", "xmpp", "hq", "3", "message", 13),
+        ("alice", "irc", "nyc", "1", "message", 17),
+        ("alice", "irc", "hq", "NULL", "message", 19),
+        ("alice", "irc", "hq", "1", "join", 0),
+        ("bob", "xmpp", "hq", "3", "message", 23),
+        ("bob", "irc", "hq", "4", "message", 29),
+        ("bob", "xmpp", "nyc", "9", "message", 31),
+        ("carol", "irc", "hq", "NULL", "message", 37),
+    ];
+    let values: Vec<String> =
+        rows.iter().map(|(s, n, site, c, k, b)| format!("('{s}', '{n}', '{site}', {c}, '{k}', {b})")).collect();
+    let view = format!(
+        "CREATE VIEW events AS SELECT column1 AS sender, column2 AS network, column3 AS site, \
+         CAST(column4 AS BIGINT) AS conversation_id, column5 AS kind, CAST(column6 AS BIGINT) AS body_len, \
+         arrow_cast(1700000000000000000, 'Timestamp(Nanosecond, Some(\"UTC\"))') AS ts FROM (VALUES {})",
+        values.join(", ")
+    );
+    ctx.sql(&view).await.expect("view").collect().await.expect("view");
+    let run = |sql: String| {
+        let ctx = ctx.clone();
+        async move {
+            let batches = ctx.sql(&sql).await.expect("plan").collect().await.expect("run");
+            arrow::util::pretty::pretty_format_batches(&batches).expect("format").to_string()
+        }
+    };
+    let got = run(reports::render("top_talkers", None, None).expect("render")).await;
+    let plain = run("WITH per_conversation AS (
+            SELECT sender, site, conversation_id, network, count(*) AS messages, sum(body_len) AS bytes
+            FROM events WHERE kind = 'message'
+            GROUP BY sender, site, conversation_id, network)
+        SELECT sender, sum(messages) AS messages, sum(bytes) AS bytes,
+               count(conversation_id) AS conversations, count(DISTINCT network) AS networks
+        FROM per_conversation GROUP BY sender ORDER BY messages DESC, sender LIMIT 100"
+        .into())
+    .await;
+    let want = "
++--------+----------+-------+---------------+----------+
+| sender | messages | bytes | conversations | networks |
++--------+----------+-------+---------------+----------+
+| alice  | 6        | 72    | 4             | 2        |
+| bob    | 3        | 83    | 3             | 2        |
+| carol  | 1        | 37    | 0             | 1        |
++--------+----------+-------+---------------+----------+";
+    assert_eq!(lines(&got), lines(want), "\n{got}");
+    assert_eq!(lines(&plain), lines(want), "\n{plain}");
+}
+
 #[tokio::test]
 async fn every_report_runs_and_counts_what_it_says() {
     let f = fixture(3, SqlConfig::default());
