@@ -23,7 +23,7 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// TOML config file; see docs/config.example.toml.
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long, global = true, env = "VERBATIM_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,

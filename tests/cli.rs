@@ -157,4 +157,12 @@ fn usage_errors_exit_2() {
     let out = run(tmp.path(), &["--config", cfg.to_str().expect("path"), "stats"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("not_a_key"), "{}", stderr(&out));
+    // The same file named by VERBATIM_CONFIG.
+    let out = std::process::Command::new(bin())
+        .args(["--data-dir", tmp.path().to_str().expect("path"), "stats"])
+        .env("VERBATIM_CONFIG", &cfg)
+        .output()
+        .expect("running verbatim");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("not_a_key"), "{}", stderr(&out));
 }
