@@ -16,11 +16,8 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray};
-use datafusion::arrow::datatypes::{
-    DataType, Field, FieldRef, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType,
-    TimestampSecondType,
-};
+use datafusion::arrow::array::{make_array, Array, ArrayRef};
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
 use datafusion::common::{Result, ScalarValue};
 use datafusion::logical_expr::sort_properties::{ExprProperties, SortProperties};
 use datafusion::logical_expr::{
@@ -52,41 +49,23 @@ fn utc_zone(t: &DataType) -> Option<Arc<str>> {
     }
 }
 
-/// `array` with its timestamps' zone set to `tz` (`None`: no zone). The
-/// values are instants and stay as they are.
-fn with_zone(array: &ArrayRef, tz: Option<Arc<str>>) -> ArrayRef {
-    match array.data_type() {
-        DataType::Timestamp(TimeUnit::Second, _) => {
-            Arc::new(array.as_primitive::<TimestampSecondType>().clone().with_timezone_opt(tz))
+/// `v` with its timestamps' zone set to `tz` (`None`: no zone). The values
+/// are instants and stay as they are: the buffers are shared, not converted
+/// (Arrow's cast would shift them to local time).
+fn value_with_zone(v: ColumnarValue, tz: Option<Arc<str>>) -> Result<ColumnarValue> {
+    let with_zone = |a: &ArrayRef| -> Result<ArrayRef> {
+        match a.data_type() {
+            DataType::Timestamp(unit, _) => {
+                let data = a.to_data().into_builder().data_type(DataType::Timestamp(*unit, tz.clone())).build()?;
+                Ok(make_array(data))
+            }
+            _ => Ok(a.clone()),
         }
-        DataType::Timestamp(TimeUnit::Millisecond, _) => {
-            Arc::new(array.as_primitive::<TimestampMillisecondType>().clone().with_timezone_opt(tz))
-        }
-        DataType::Timestamp(TimeUnit::Microsecond, _) => {
-            Arc::new(array.as_primitive::<TimestampMicrosecondType>().clone().with_timezone_opt(tz))
-        }
-        DataType::Timestamp(TimeUnit::Nanosecond, _) => {
-            Arc::new(array.as_primitive::<TimestampNanosecondType>().clone().with_timezone_opt(tz))
-        }
-        _ => array.clone(),
-    }
-}
-
-fn scalar_with_zone(v: ScalarValue, tz: Option<Arc<str>>) -> ScalarValue {
-    match v {
-        ScalarValue::TimestampSecond(x, _) => ScalarValue::TimestampSecond(x, tz),
-        ScalarValue::TimestampMillisecond(x, _) => ScalarValue::TimestampMillisecond(x, tz),
-        ScalarValue::TimestampMicrosecond(x, _) => ScalarValue::TimestampMicrosecond(x, tz),
-        ScalarValue::TimestampNanosecond(x, _) => ScalarValue::TimestampNanosecond(x, tz),
-        other => other,
-    }
-}
-
-fn value_with_zone(v: ColumnarValue, tz: Option<Arc<str>>) -> ColumnarValue {
-    match v {
-        ColumnarValue::Array(a) => ColumnarValue::Array(with_zone(&a, tz)),
-        ColumnarValue::Scalar(s) => ColumnarValue::Scalar(scalar_with_zone(s, tz)),
-    }
+    };
+    Ok(match v {
+        ColumnarValue::Array(a) => ColumnarValue::Array(with_zone(&a)?),
+        ColumnarValue::Scalar(s) => ColumnarValue::Scalar(ScalarValue::try_from_array(&with_zone(&s.to_array()?)?, 0)?),
+    })
 }
 
 fn field_with_type(f: &FieldRef, t: DataType) -> FieldRef {
@@ -123,10 +102,10 @@ impl ScalarUDFImpl for UtcDateTrunc {
             other => other.clone(),
         };
         let value = std::mem::replace(&mut args.args[1], ColumnarValue::Scalar(ScalarValue::Null));
-        args.args[1] = value_with_zone(value, None);
+        args.args[1] = value_with_zone(value, None)?;
         args.arg_fields[1] = field_with_type(&args.arg_fields[1], naive(args.arg_fields[1].data_type()));
         args.return_field = field_with_type(&args.return_field, naive(args.return_field.data_type()));
-        Ok(value_with_zone(self.inner.invoke_with_args(args)?, Some(tz)))
+        value_with_zone(self.inner.invoke_with_args(args)?, Some(tz))
     }
 
     fn output_ordering(&self, input: &[ExprProperties]) -> Result<SortProperties> {
@@ -140,7 +119,7 @@ impl ScalarUDFImpl for UtcDateTrunc {
 
 #[cfg(test)]
 mod tests {
-    use datafusion::arrow::array::TimestampNanosecondArray;
+    use datafusion::arrow::array::{AsArray, TimestampNanosecondArray};
     use datafusion::arrow::datatypes::Schema;
     use datafusion::arrow::record_batch::RecordBatch;
     use datafusion::execution::FunctionRegistry;
@@ -179,7 +158,12 @@ mod tests {
         for unit in
             ["microsecond", "millisecond", "second", "minute", "hour", "day", "week", "month", "quarter", "year"]
         {
-            for expr in [format!("date_trunc('{unit}', ts)"), format!("datetrunc('{unit}', ts)")] {
+            let ms = format!("arrow_cast(ts, 'Timestamp(Millisecond, Some(\"{tz}\"))')");
+            for expr in [
+                format!("date_trunc('{unit}', ts)"),
+                format!("datetrunc('{unit}', ts)"),
+                format!("date_trunc('{unit}', {ms})"),
+            ] {
                 let sql = format!("SELECT {expr} AS d, arrow_typeof({expr}) AS t FROM t");
                 let batches = ctx.sql(&sql).await.expect("plan").collect().await.expect("run");
                 out.push(format!(
