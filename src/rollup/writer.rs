@@ -100,8 +100,7 @@ pub fn compact(rollups: &Rollups, config: &RollupConfig) -> anyhow::Result<Vec<P
     let target = config.compact_target_rows.max(1) as u64;
     let mut manifest = Manifest::clone(&m);
     let mut obsolete = Vec::new();
-    let groups = runs(&m.files, target).into_iter().flat_map(tiers);
-    for group in groups.filter(|g| g.len() >= config.compact_min_files.max(2)) {
+    for group in groups_to_merge(&m.files, target, config.compact_min_files) {
         let mut batches = Vec::new();
         for f in &group {
             batches.extend(read_file(&rollups.dir().join(&f.path))?);
@@ -148,6 +147,37 @@ pub fn remove_files(files: &[PathBuf]) {
             let _ = std::fs::remove_dir(dir); // fails, harmlessly, while not empty
         }
     }
+}
+
+/// The groups of files one compaction merges. A run whose days are all
+/// older than the newest day listed is settled: the live stream adds no more
+/// batch files to it, so its tiers would keep their last few files (fewer
+/// than `min_files` of a size) apart for good; at 100M events, four or five
+/// beside each day's large file. A settled run of two files or more becomes
+/// one file, or, while its largest file holds more than four times the rest,
+/// the rest becomes one: a few late events do not rewrite a full file. Other
+/// runs merge their tiered groups of at least `min_files` files (ADR 0009).
+fn groups_to_merge(files: &[FileEntry], target: u64, min_files: usize) -> Vec<Vec<&FileEntry>> {
+    let newest = files.iter().map(FileEntry::last_day).max().unwrap_or_default();
+    let mut groups = Vec::new();
+    for run in runs(files, target) {
+        if run.iter().all(|f| f.last_day() < newest) {
+            let total: u64 = run.iter().map(|f| f.rows).sum();
+            let largest = run.iter().map(|f| f.rows).max().unwrap_or(0);
+            let group = if largest <= 4 * (total - largest) {
+                run
+            } else {
+                let at = run.iter().position(|f| f.rows == largest).unwrap_or(0);
+                run.into_iter().enumerate().filter(|&(i, _)| i != at).map(|(_, f)| f).collect()
+            };
+            if group.len() >= 2 {
+                groups.push(group);
+            }
+        } else {
+            groups.extend(tiers(run).into_iter().filter(|g| g.len() >= min_files.max(2)));
+        }
+    }
+    groups
 }
 
 /// The runs of small files (fewer than `target` rows) in order of day, then
@@ -498,6 +528,53 @@ mod tests {
         let mut run = vec![f(1, 400), f(2, 100)];
         run.extend((3..7).map(|d| f(d, 10)));
         assert_eq!(sizes(run), vec![vec![400], vec![100], vec![10; 4]]);
+    }
+
+    #[test]
+    fn the_last_few_files_of_a_past_day_merge_and_the_newest_day_waits_for_a_full_group() {
+        let f = |day: u32, first: u64, rows: u64| FileEntry {
+            path: span_path(&format!("2026-01-{day:02}"), &format!("2026-01-{day:02}"), first, first + rows, 0),
+            day: format!("2026-01-{day:02}"),
+            last_day: None,
+            first,
+            end: first + rows,
+            rows,
+            bytes: 0,
+        };
+        let d = |day: u32, rows: u64| (format!("2026-01-{day:02}"), rows);
+        let merged = |files: &[FileEntry]| -> Vec<Vec<(String, u64)>> {
+            groups_to_merge(files, 2000, 8)
+                .iter()
+                .map(|g| g.iter().map(|f| (f.day.clone(), f.rows)).collect())
+                .collect()
+        };
+        // As the 100M loadgen archive left them: per day one large merged
+        // file and a few batch files after it, too few of a size for a group
+        // of 8; runs of at most 2,000 rows.
+        let files = vec![
+            f(1, 0, 1500),
+            f(1, 1500, 200),
+            f(1, 1700, 250),
+            f(1, 1950, 40),
+            f(2, 2000, 1900),
+            f(2, 3900, 20),
+            f(2, 3920, 10),
+            f(3, 4000, 1500),
+            f(3, 5500, 200),
+            f(3, 5700, 150),
+        ];
+        // Day 1 is one file of 1,990 rows; day 2's 1,900 rows hold more than
+        // four times the rest, so only the rest merges; day 3, the newest,
+        // waits for six more files of a size.
+        assert_eq!(merged(&files), vec![vec![d(1, 1500), d(1, 200), d(1, 250), d(1, 40)], vec![d(2, 20), d(2, 10)]]);
+        let after =
+            vec![f(1, 0, 1990), f(2, 2000, 1900), f(2, 3900, 30), f(3, 4000, 1500), f(3, 5500, 200), f(3, 5700, 150)];
+        assert!(merged(&after).is_empty(), "a settled layout merges no more");
+        // Once day 4 arrives, day 3 is settled: its large file holds more
+        // than four times the rest, which merges.
+        let mut later = after.clone();
+        later.push(f(4, 6000, 500));
+        assert_eq!(merged(&later), vec![vec![d(3, 200), d(3, 150)]]);
     }
 
     #[test]
