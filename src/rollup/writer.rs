@@ -90,11 +90,11 @@ pub fn read_file(path: &std::path::Path) -> anyhow::Result<Vec<RecordBatch>> {
 
 /// Merges runs of small files (fewer rows than `compact_target_rows`): the
 /// files in order of their days, then offsets, cut into runs of at most
-/// `compact_target_rows` rows at every file that is not small; a run of at
-/// least `compact_min_files` files becomes one. A run may span several days
-/// when each is small (ADR 0009). Returns the files merged away: no longer
-/// listed, but a query that took the previous manifest may still read them
-/// (`remove_files` deletes them later).
+/// `compact_target_rows` rows at every file that is not small; each group
+/// `groups_to_merge` picks from them becomes one file. A run may span
+/// several days when each is small (ADR 0009). Returns the files merged
+/// away: no longer listed, but a query that took the previous manifest may
+/// still read them (`remove_files` deletes them later).
 pub fn compact(rollups: &Rollups, config: &RollupConfig) -> anyhow::Result<Vec<PathBuf>> {
     let m = rollups.manifest();
     let target = config.compact_target_rows.max(1) as u64;
