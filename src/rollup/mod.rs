@@ -52,6 +52,8 @@ pub struct RollupConfig {
     pub row_group_rows: usize,
     /// A group of this many files smaller than `compact_target_rows`, in
     /// order of their days and of about one size, is compacted into one.
+    /// Days older than the newest merge their small files without waiting
+    /// for this many (ADR 0009).
     pub compact_min_files: usize,
     /// Largest file a compaction writes, in rows.
     pub compact_target_rows: usize,

@@ -472,9 +472,9 @@ mod tests {
         assert_eq!(listed_offsets(&dir, &m), (0..650).collect::<Vec<i64>>());
     }
 
-    #[test]
-    fn a_file_that_is_not_small_cuts_the_runs() {
-        let f = |day: &str, first: u64, rows: u64| FileEntry {
+    /// A manifest entry of one day, `rows` rows from offset `first`.
+    fn entry(day: &str, first: u64, rows: u64) -> FileEntry {
+        FileEntry {
             path: span_path(day, day, first, first + rows, 0),
             day: day.into(),
             last_day: None,
@@ -482,7 +482,12 @@ mod tests {
             end: first + rows,
             rows,
             bytes: 0,
-        };
+        }
+    }
+
+    #[test]
+    fn a_file_that_is_not_small_cuts_the_runs() {
+        let f = entry;
         let files = vec![
             f("2026-01-03", 0, 10),
             f("2026-01-01", 0, 10),
@@ -506,15 +511,7 @@ mod tests {
 
     #[test]
     fn a_file_is_merged_only_with_about_as_many_rows_after_it() {
-        let f = |day: u32, rows: u64| FileEntry {
-            path: span_path(&format!("2026-01-{day:02}"), &format!("2026-01-{day:02}"), 0, rows, 0),
-            day: format!("2026-01-{day:02}"),
-            last_day: None,
-            first: 0,
-            end: rows,
-            rows,
-            bytes: 0,
-        };
+        let f = |day: u32, rows: u64| entry(&format!("2026-01-{day:02}"), 0, rows);
         let sizes = |run: Vec<FileEntry>| -> Vec<Vec<u64>> {
             tiers(run.iter().collect()).iter().map(|g| g.iter().map(|f| f.rows).collect()).collect()
         };
@@ -532,15 +529,7 @@ mod tests {
 
     #[test]
     fn the_last_few_files_of_a_past_day_merge_and_the_newest_day_waits_for_a_full_group() {
-        let f = |day: u32, first: u64, rows: u64| FileEntry {
-            path: span_path(&format!("2026-01-{day:02}"), &format!("2026-01-{day:02}"), first, first + rows, 0),
-            day: format!("2026-01-{day:02}"),
-            last_day: None,
-            first,
-            end: first + rows,
-            rows,
-            bytes: 0,
-        };
+        let f = |day: u32, first: u64, rows: u64| entry(&format!("2026-01-{day:02}"), first, rows);
         let d = |day: u32, rows: u64| (format!("2026-01-{day:02}"), rows);
         let merged = |files: &[FileEntry]| -> Vec<Vec<(String, u64)>> {
             groups_to_merge(files, 2000, 8)
