@@ -10,8 +10,9 @@ use tracing::info;
 use verbatim_schema::codec::event_digest;
 use verbatim_schema::{ConversationId, Offset, Record, UnixNanos};
 
+use crate::log::reader::BlockRecords;
 use crate::log::{AppendError, LogReader, Sequencer};
-use crate::state::{conversation_key, dedup_key, Session, StateBatch, StateDb, Stored};
+use crate::state::{conversation_key, dedup_key, Session, StateBatch, StateDb};
 
 /// When a conversation ends (`[sessions]` in the config).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,12 +52,32 @@ impl SessionConfig {
 /// Most conversations kept in memory before the cache is dropped (they stay in RocksDB).
 const SESSION_CACHE: usize = 1 << 20;
 
+/// An idempotency key admitted in a block that is not durable yet, with
+/// the digest of its event, since the log cannot be read back for it.
+#[derive(Clone, Copy, Debug)]
+struct Pending {
+    offset: Offset,
+    digest: [u8; 16],
+}
+
+/// Where an idempotency key was found.
+enum Found {
+    /// In the block being written.
+    Pending(Pending),
+    /// In the state: the event is durable at this offset.
+    Logged(Offset),
+}
+
 #[derive(Debug)]
 pub struct IngestSequencer {
     state: StateDb,
+    /// Reads back stored events, to compare a retry with what was stored.
+    reader: LogReader,
+    /// The block last read back: a retried batch's events lie together.
+    last_block: Option<BlockRecords>,
     config: SessionConfig,
     sessions: HashMap<Vec<u8>, Session>,
-    pending_keys: HashMap<Vec<u8>, Stored>,
+    pending_keys: HashMap<Vec<u8>, Pending>,
     pending_sessions: HashMap<Vec<u8>, Session>,
     /// Set when the state could not record a durable block.
     broken: Option<String>,
@@ -73,6 +94,8 @@ impl IngestSequencer {
     pub fn open(state: StateDb, config: SessionConfig, reader: &LogReader) -> anyhow::Result<Self> {
         let mut seq = Self {
             state,
+            reader: reader.clone(),
+            last_block: None,
             config,
             sessions: HashMap::new(),
             pending_keys: HashMap::new(),
@@ -95,10 +118,7 @@ impl IngestSequencer {
         let mut sessions: HashMap<Vec<u8>, Session> = HashMap::new();
         for item in reader.iter_from(from) {
             let (offset, r) = item?;
-            batch.keys.push((
-                dedup_key(r.event.source.as_str(), r.event.seq),
-                Stored { offset, digest: event_digest(&r.event) },
-            ));
+            batch.keys.push((dedup_key(r.event.source.as_str(), r.event.seq), offset));
             if let (Some(k), Some(id)) = (conversation_key(&r), r.conversation_id) {
                 let before = match sessions.get(&k) {
                     Some(s) => Some(*s),
@@ -123,11 +143,27 @@ impl IngestSequencer {
         Ok(())
     }
 
-    fn stored(&self, key: &[u8]) -> Result<Option<Stored>, AppendError> {
-        if let Some(s) = self.pending_keys.get(key) {
-            return Ok(Some(*s));
+    fn stored(&self, key: &[u8]) -> Result<Option<Found>, AppendError> {
+        if let Some(p) = self.pending_keys.get(key) {
+            return Ok(Some(Found::Pending(*p)));
         }
-        self.state.stored(key).map_err(|e| AppendError::Unavailable(format!("ingest state: {e}")))
+        let found = self.state.stored(key).map_err(|e| AppendError::Unavailable(format!("ingest state: {e}")))?;
+        Ok(found.map(Found::Logged))
+    }
+
+    /// The digest of the durable event at `offset`, read back from the log.
+    fn logged_digest(&mut self, offset: Offset) -> Result<[u8; 16], AppendError> {
+        let unreadable = |e: crate::log::LogError| {
+            AppendError::Unavailable(format!("reading back the stored event at offset {offset}: {e}"))
+        };
+        let block = match self.last_block.take() {
+            Some(b) if b.first <= offset && offset < b.end() => b,
+            _ => self.reader.block_at(offset).map_err(unreadable)?,
+        };
+        let record = verbatim_schema::decode_record(block.bytes((offset.0 - block.first.0) as usize))
+            .map_err(|error| unreadable(crate::log::LogError::Record { offset, error }));
+        self.last_block = Some(block);
+        Ok(event_digest(&record?.event))
     }
 
     fn session(&mut self, key: &[u8]) -> Result<Option<Session>, AppendError> {
@@ -157,11 +193,15 @@ impl Sequencer for IngestSequencer {
                     return Err(AppendError::ConflictInBatch { index: i });
                 }
                 Decision::DuplicateOf(j)
-            } else if let Some(s) = self.stored(&key)? {
-                if s.digest != digest {
-                    return Err(AppendError::Conflict { index: i, offset: s.offset });
+            } else if let Some(found) = self.stored(&key)? {
+                let (offset, stored) = match found {
+                    Found::Pending(p) => (p.offset, p.digest),
+                    Found::Logged(o) => (o, self.logged_digest(o)?),
+                };
+                if stored != digest {
+                    return Err(AppendError::Conflict { index: i, offset });
                 }
-                Decision::Duplicate(s.offset)
+                Decision::Duplicate(offset)
             } else {
                 in_batch.insert(key.clone(), (i, digest));
                 Decision::New
@@ -197,7 +237,7 @@ impl Sequencer for IngestSequencer {
             } else {
                 r.conversation_id = None;
             }
-            self.pending_keys.insert(key, Stored { offset, digest });
+            self.pending_keys.insert(key, Pending { offset, digest });
             kept.push(r);
         }
         *batch = kept;
@@ -205,8 +245,10 @@ impl Sequencer for IngestSequencer {
     }
 
     fn commit(&mut self, head: Offset) -> Result<(), String> {
-        let batch =
-            StateBatch { keys: self.pending_keys.drain().collect(), sessions: self.pending_sessions.drain().collect() };
+        let batch = StateBatch {
+            keys: self.pending_keys.drain().map(|(k, p)| (k, p.offset)).collect(),
+            sessions: self.pending_sessions.drain().collect(),
+        };
         if self.sessions.len() > SESSION_CACHE {
             self.sessions.clear();
         }
@@ -350,6 +392,29 @@ mod tests {
         assert_eq!(c.next(Some(first), &ev(2, "sip", "a", &["b"], None, (0, 10)), Offset(6)).id, ConversationId(5));
         assert_eq!(c.next(Some(first), &ev(2, "sip", "a", &["b"], None, (0, 11)), Offset(6)).id, ConversationId(6));
         assert_eq!(c.next(Some(first), &ev(2, "irc", "a", &["b"], None, (1, 0)), Offset(6)).id, ConversationId(5));
+    }
+
+    #[test]
+    fn a_retry_is_compared_with_the_events_read_back_from_the_log() {
+        let mut a = Archive::new();
+        for seq in 1..=4 {
+            a.add(ev(seq, "irc", "alice", &["bob"], None, (0, seq as i64)));
+        }
+        a.reopen();
+        let log = a.log.as_mut().expect("log");
+        let seq = a.seq.as_mut().expect("seq");
+        // Out of order, across four blocks, and twice the same: each its stored offset.
+        let mut retry: Vec<Record> =
+            [3, 1, 4, 1, 2].iter().map(|&s| ev(s, "irc", "alice", &["bob"], None, (0, s as i64))).collect();
+        let dups = seq.admit(&mut retry, log.head()).expect("admit");
+        assert_eq!(dups, vec![(0, Offset(2)), (1, Offset(0)), (2, Offset(3)), (3, Offset(0)), (4, Offset(1))]);
+        assert!(retry.is_empty());
+        // One body changed after a block already read back: the whole batch is refused.
+        let mut changed =
+            vec![ev(4, "irc", "alice", &["bob"], None, (0, 4)), ev(3, "irc", "alice", &["bob"], None, (0, 3))];
+        changed[1].event.body.push('!');
+        assert_eq!(seq.admit(&mut changed, log.head()), Err(AppendError::Conflict { index: 1, offset: Offset(2) }));
+        seq.abort();
     }
 
     #[test]

@@ -4,9 +4,14 @@
 //! on start it is brought up to date from the log, from its watermark, and it
 //! can be deleted and rebuilt from the log at any time.
 //!
-//! Keys: `d` source NUL seq(u64 BE) → offset(u64 LE) digest(16);
+//! Keys: `d` source NUL seq(u64 BE) → offset (LEB128);
 //! `c` conversation key → conversation id(u64 LE) last ts(i64 LE, ns);
 //! `w` → watermark(u64 LE). Source ids and handles never contain NUL.
+//!
+//! An idempotency key holds only the offset of its event: a retry is compared
+//! with the event read back from the log (ADR 0010). Entries written before
+//! that held the offset (u64 LE) and a 16-byte digest of the event; they
+//! still read, by their first 8 bytes.
 
 use std::path::Path;
 
@@ -14,13 +19,6 @@ use rocksdb::{BlockBasedOptions, Options, WriteBatch, WriteOptions, DB};
 use verbatim_schema::{ConversationId, Offset, Record, UnixNanos};
 
 const WATERMARK: &[u8] = b"w";
-
-/// What one idempotency key points at.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Stored {
-    pub offset: Offset,
-    pub digest: [u8; 16],
-}
 
 /// A conversation's latest state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,7 +30,8 @@ pub struct Session {
 /// Changes to write together with a new watermark.
 #[derive(Debug, Default)]
 pub struct StateBatch {
-    pub keys: Vec<(Vec<u8>, Stored)>,
+    /// Idempotency keys and the offsets of their events.
+    pub keys: Vec<(Vec<u8>, Offset)>,
     pub sessions: Vec<(Vec<u8>, Session)>,
 }
 
@@ -45,6 +44,37 @@ impl std::fmt::Debug for StateDb {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StateDb").field("path", &self.db.path()).finish()
     }
+}
+
+/// An idempotency entry's value: the offset, LEB128.
+fn encode_offset(offset: Offset, out: &mut Vec<u8>) {
+    let mut o = offset.0;
+    while o >= 0x80 {
+        out.push((o as u8 & 0x7f) | 0x80);
+        o >>= 7;
+    }
+    out.push(o as u8);
+}
+
+/// The offset of an idempotency entry: LEB128, or the 24 bytes (offset u64 LE,
+/// digest) of entries written before ADR 0010. `None` if it is neither.
+fn decode_offset(v: &[u8]) -> Option<Offset> {
+    if v.len() == 24 {
+        return Some(Offset(u64::from_le_bytes(v[..8].try_into().ok()?)));
+    }
+    let mut o = 0u64;
+    for (i, &b) in v.iter().enumerate() {
+        let bits = u64::from(b & 0x7f);
+        // The tenth byte may only hold the top bit of a u64.
+        if i > 9 || (i == 9 && bits > 1) {
+            return None;
+        }
+        o |= bits << (7 * i);
+        if b & 0x80 == 0 {
+            return (i + 1 == v.len()).then_some(Offset(o));
+        }
+    }
+    None
 }
 
 /// The key of an idempotency key.
@@ -108,10 +138,10 @@ impl StateDb {
         })
     }
 
-    pub fn stored(&self, key: &[u8]) -> anyhow::Result<Option<Stored>> {
-        let Some(v) = self.db.get(key)? else { return Ok(None) };
-        anyhow::ensure!(v.len() == 24, "bad idempotency entry");
-        Ok(Some(Stored { offset: Offset(u64::from_le_bytes(v[..8].try_into()?)), digest: v[8..24].try_into()? }))
+    /// The offset of the event stored under this idempotency key, if any.
+    pub fn stored(&self, key: &[u8]) -> anyhow::Result<Option<Offset>> {
+        let Some(v) = self.db.get_pinned(key)? else { return Ok(None) };
+        Ok(Some(decode_offset(&v).ok_or_else(|| anyhow::anyhow!("bad idempotency entry of {} bytes", v.len()))?))
     }
 
     pub fn session(&self, key: &[u8]) -> anyhow::Result<Option<Session>> {
@@ -126,11 +156,11 @@ impl StateDb {
     /// Writes `batch` and the new watermark atomically.
     pub fn write(&self, batch: &StateBatch, watermark: Offset) -> anyhow::Result<()> {
         let mut wb = WriteBatch::default();
-        for (k, s) in &batch.keys {
-            let mut v = Vec::with_capacity(24);
-            v.extend_from_slice(&s.offset.0.to_le_bytes());
-            v.extend_from_slice(&s.digest);
-            wb.put(k, v);
+        let mut v = Vec::with_capacity(10);
+        for (k, offset) in &batch.keys {
+            v.clear();
+            encode_offset(*offset, &mut v);
+            wb.put(k, &v);
         }
         for (k, s) in &batch.sessions {
             let mut v = Vec::with_capacity(16);
@@ -147,5 +177,46 @@ impl StateDb {
     pub fn flush(&self) -> anyhow::Result<()> {
         self.db.flush()?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_round_trip_and_bad_entries_are_refused() {
+        for o in [0, 1, 127, 128, 16_383, 16_384, 1 << 35, u64::MAX - 1, u64::MAX] {
+            let mut v = Vec::new();
+            encode_offset(Offset(o), &mut v);
+            assert_eq!(decode_offset(&v), Some(Offset(o)), "{o}");
+        }
+        let mut v = Vec::new();
+        encode_offset(Offset(1_000_000), &mut v);
+        assert_eq!(v.len(), 3);
+        // An entry of the format before ADR 0010: offset u64 LE, then a 16-byte digest.
+        let mut old = 1_000_000u64.to_le_bytes().to_vec();
+        old.extend_from_slice(&[0xab; 16]);
+        assert_eq!(decode_offset(&old), Some(Offset(1_000_000)));
+        for bad in [&[][..], &[0x80], &[0x80, 0x80], &[0x01, 0x02], &[0xff; 10], &[0xff; 11]] {
+            assert_eq!(decode_offset(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn keys_of_both_formats_read_back_with_the_watermark() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let db = StateDb::open(tmp.path()).expect("open");
+        let (new, old) = (dedup_key("proxy-1", 7), dedup_key("proxy-1", 8));
+        db.write(&StateBatch { keys: vec![(new.clone(), Offset(300))], sessions: vec![] }, Offset(301)).expect("write");
+        let mut v = 301u64.to_le_bytes().to_vec();
+        v.extend_from_slice(&[7; 16]);
+        db.db.put(&old, v).expect("put an old-format entry");
+        assert_eq!(db.stored(&new).expect("read"), Some(Offset(300)));
+        assert_eq!(db.stored(&old).expect("read"), Some(Offset(301)));
+        assert_eq!(db.stored(&dedup_key("proxy-1", 9)).expect("read"), None);
+        assert_eq!(db.watermark().expect("watermark"), Offset(301));
+        db.db.put(dedup_key("proxy-1", 10), [0x80]).expect("put");
+        assert!(db.stored(&dedup_key("proxy-1", 10)).is_err(), "a damaged entry is an error, not a miss");
     }
 }
