@@ -157,7 +157,8 @@ pub enum Command {
         /// Measure the parameters from the archive (GET /v1/capacity; admin or auditor token).
         #[arg(long)]
         measured: bool,
-        /// With --measured: the retention to forecast the steady state for.
+        /// With --measured: the retention to forecast the steady state for
+        /// (default: the server's `[capacity] retention_days`).
         #[arg(long, requires = "measured")]
         retention_days: Option<f64>,
         /// Server URL (default: http:// and the configured `http.listen`).
@@ -709,8 +710,17 @@ fn print_capacity(c: &serde_json::Value, json: bool) -> anyhow::Result<()> {
         None => println!("  no growth measured: no forecast of the data volume"),
     }
     match fc["steady_state_bytes"].as_f64() {
-        Some(b) => println!("  under {} days of retention the archive settles at {b:.0} B", fc["retention_days"]),
-        None => println!("  no retention given (--retention-days): the archive grows without bound"),
+        Some(b) => {
+            let from = match fc["retention_from"].as_str() {
+                Some("config") => " ([capacity] retention_days)",
+                _ => "",
+            };
+            println!("  under {} days of retention{from} the archive settles at {b:.0} B", fc["retention_days"])
+        }
+        None => println!(
+            "  no retention configured ([capacity] retention_days) or given (--retention-days): \
+             the archive grows without bound"
+        ),
     }
     Ok(())
 }

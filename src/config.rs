@@ -31,11 +31,22 @@ pub struct Config {
     pub rollup: crate::rollup::RollupConfig,
     pub sql: crate::sql::SqlConfig,
     pub replication: crate::ship::ReplicationConfig,
+    pub capacity: CapacityConfig,
 }
 
 /// Bytes a record's encoding may need beyond the strings of its JSON: the
 /// site (at most 64) and 16 varints of at most ten bytes.
 const PER_EVENT_OVERHEAD: usize = 224;
+
+/// The capacity forecast (`[capacity]`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CapacityConfig {
+    /// Days of retention the archive is planned for: `GET /v1/capacity` and
+    /// `verbatim sizing --measured` forecast the steady state under it unless
+    /// the request names another. A forecast input only: nothing is deleted.
+    pub retention_days: Option<f64>,
+}
 
 /// Limits of `POST /v1/events` (`[ingest]`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,6 +136,7 @@ impl Default for Config {
             rollup: crate::rollup::RollupConfig::default(),
             sql: crate::sql::SqlConfig::default(),
             replication: crate::ship::ReplicationConfig::default(),
+            capacity: CapacityConfig::default(),
         }
     }
 }
@@ -247,6 +259,9 @@ impl Config {
             "ingest.max_decoded_bytes must be at least ingest.max_body_bytes (and that at least 1024)"
         );
         anyhow::ensure!(i.max_batch_events >= 1, "ingest.max_batch_events must be at least 1");
+        if let Some(r) = self.capacity.retention_days {
+            anyhow::ensure!(r > 0.0 && r.is_finite(), "capacity.retention_days must be a positive number of days");
+        }
         anyhow::ensure!(
             self.rollup.keep_compacted_ms > self.sql.timeout_ms,
             "rollup.keep_compacted_ms ({}) must exceed sql.timeout_ms ({}): a query may read compacted files until it ends",
@@ -318,5 +333,9 @@ mod tests {
         let c = Config::from_toml("[log]\nrecovery = \"strict\"\n[limits]\nmax_body_bytes = 10").expect("valid");
         assert_eq!(c.log.recovery, crate::log::RecoveryMode::Strict);
         assert_eq!(c.limits.max_body_bytes, 10);
+        assert!(Config::from_toml("[capacity]\nretention_days = 0").is_err());
+        assert!(Config::from_toml("[capacity]\nretention_days = \"7y\"").is_err());
+        let c = Config::from_toml("[capacity]\nretention_days = 2557").expect("valid");
+        assert_eq!(c.capacity.retention_days, Some(2557.0));
     }
 }

@@ -141,6 +141,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         sql,
         data_dir: data.root().to_path_buf(),
         replication: config.replication.clone(),
+        capacity: config.capacity.clone(),
         replicas: replicas.clone(),
         shipper: shipper.clone(),
         sites: sites.clone(),

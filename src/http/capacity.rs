@@ -70,13 +70,18 @@ pub async fn get_capacity(
     Query(q): Query<Vec<(String, String)>>,
 ) -> Result<Json<Value>, ApiError> {
     let who = caller.require(&[Role::Admin, Role::Auditor])?.clone();
-    let mut retention_days = None;
+    // The configured retention, unless the request names one.
+    let mut retention_days = s.capacity.retention_days;
+    let mut retention_from = retention_days.map(|_| "config");
     let mut compression = DEFAULT_COMPRESSION;
     for (k, v) in q {
         let n: f64 =
             v.trim().parse().map_err(|_| ApiError::bad_request(format!("`{k}` must be a number, not {v:?}")))?;
         match k.as_str() {
-            "retention_days" if n > 0.0 && n.is_finite() => retention_days = Some(n),
+            "retention_days" if n > 0.0 && n.is_finite() => {
+                retention_days = Some(n);
+                retention_from = Some("query");
+            }
             "compression" if (0.0..1.0).contains(&n) => compression = n,
             "retention_days" | "compression" => {
                 return Err(ApiError::bad_request(format!("`{k}` is out of range: {v}")));
@@ -140,6 +145,7 @@ pub async fn get_capacity(
             "volume_total_bytes": total,
             "days_until_full": free.and_then(|f| sizing::days_until_full(f as f64, growth)),
             "retention_days": retention_days,
+            "retention_from": retention_from,
             "steady_state_bytes": retention_days.map(|r| sizing::steady_state_bytes(growth, r)),
         },
         "notes": [

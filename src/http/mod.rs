@@ -52,6 +52,8 @@ pub struct AppState {
     /// The data directory, for sizes on disk.
     pub data_dir: std::path::PathBuf,
     pub replication: crate::ship::ReplicationConfig,
+    /// The retention the capacity forecast assumes unless a request names one.
+    pub capacity: crate::config::CapacityConfig,
     /// On HQ: the replica logs of the sites.
     pub replicas: Option<Arc<crate::ship::Replicas>>,
     /// On a regional site: the shipper to HQ.

@@ -87,6 +87,7 @@ fn fixture(queue_depth: usize) -> Fixture {
         sql,
         data_dir: tmp.path().to_path_buf(),
         replication: crate::ship::ReplicationConfig::default(),
+        capacity: crate::config::CapacityConfig { retention_days: Some(2557.0) },
         replicas: None,
         shipper: None,
         sites,
@@ -444,4 +445,24 @@ async fn sql_answers_auditors_only_and_never_without_a_durable_audit_record() {
     assert!(body.get("rows").is_none(), "no rows without an audit record");
     assert_eq!(audit_head(), 2);
     assert_eq!(f.state.metrics.index.audit_failures.get(), 1);
+}
+
+#[tokio::test]
+async fn the_capacity_forecast_uses_the_configured_retention_unless_the_request_names_one() {
+    let f = fixture(16);
+    let (status, _, reply) = send(&f, Post::new(ndjson(&[event(1, "hi there"), event(2, "hello")]), &f.ingest)).await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    let (status, c) = get(&f, "/v1/capacity", &f.auditor).await;
+    assert_eq!(status, StatusCode::OK, "{c}");
+    let fc = &c["forecast"];
+    assert_eq!((fc["retention_days"].clone(), fc["retention_from"].clone()), (json!(2557.0), json!("config")), "{c}");
+    let growth = fc["growth_bytes_per_day"].as_f64().expect("growth");
+    assert!(growth > 0.0, "{c}");
+    assert_eq!(fc["steady_state_bytes"].as_f64(), Some(growth * 2557.0), "{c}");
+    let (status, c) = get(&f, "/v1/capacity?retention_days=30", &f.auditor).await;
+    assert_eq!(status, StatusCode::OK, "{c}");
+    let fc = &c["forecast"];
+    assert_eq!((fc["retention_days"].clone(), fc["retention_from"].clone()), (json!(30.0), json!("query")), "{c}");
+    let (status, c) = get(&f, "/v1/capacity?retention_days=-1", &f.auditor).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{c}");
 }
