@@ -151,8 +151,9 @@ impl IngestSequencer {
         Ok(found.map(Found::Logged))
     }
 
-    /// The digest of the durable event at `offset`, read back from the log.
-    fn logged_digest(&mut self, offset: Offset) -> Result<[u8; 16], AppendError> {
+    /// The digest of the durable event at `offset`, read back from the log;
+    /// it must be the event stored under `key`.
+    fn logged_digest(&mut self, key: &[u8], offset: Offset) -> Result<[u8; 16], AppendError> {
         let unreadable = |e: crate::log::LogError| {
             AppendError::Unavailable(format!("reading back the stored event at offset {offset}: {e}"))
         };
@@ -163,7 +164,14 @@ impl IngestSequencer {
         let record = verbatim_schema::decode_record(block.bytes((offset.0 - block.first.0) as usize))
             .map_err(|error| unreadable(crate::log::LogError::Record { offset, error }));
         self.last_block = Some(block);
-        Ok(event_digest(&record?.event))
+        let event = record?.event;
+        if dedup_key(event.source.as_str(), event.seq) != key {
+            return Err(AppendError::Unavailable(format!(
+                "the ingest state points at offset {offset}, which holds another event; \
+                 stop the server and delete <data>/state to rebuild it from the log"
+            )));
+        }
+        Ok(event_digest(&event))
     }
 
     fn session(&mut self, key: &[u8]) -> Result<Option<Session>, AppendError> {
@@ -196,7 +204,7 @@ impl Sequencer for IngestSequencer {
             } else if let Some(found) = self.stored(&key)? {
                 let (offset, stored) = match found {
                     Found::Pending(p) => (p.offset, p.digest),
-                    Found::Logged(o) => (o, self.logged_digest(o)?),
+                    Found::Logged(o) => (o, self.logged_digest(&key, o)?),
                 };
                 if stored != digest {
                     return Err(AppendError::Conflict { index: i, offset });
@@ -415,6 +423,14 @@ mod tests {
         changed[1].event.body.push('!');
         assert_eq!(seq.admit(&mut changed, log.head()), Err(AppendError::Conflict { index: 1, offset: Offset(2) }));
         seq.abort();
+        // A state that points a key at another event is refused, never trusted.
+        let wrong = StateBatch { keys: vec![(dedup_key("proxy-1", 99), Offset(0))], sessions: vec![] };
+        seq.state.write(&wrong, log.head()).expect("write");
+        let mut retry = vec![ev(99, "irc", "alice", &["bob"], None, (0, 9))];
+        match seq.admit(&mut retry, log.head()) {
+            Err(AppendError::Unavailable(why)) => assert!(why.contains("holds another event"), "{why}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
