@@ -16,7 +16,7 @@
 use std::path::Path;
 
 use rocksdb::{BlockBasedOptions, Options, WriteBatch, WriteOptions, DB};
-use verbatim_schema::{ConversationId, Offset, Record, UnixNanos};
+use verbatim_schema::{varint, ConversationId, Offset, Record, UnixNanos};
 
 const WATERMARK: &[u8] = b"w";
 
@@ -48,12 +48,7 @@ impl std::fmt::Debug for StateDb {
 
 /// An idempotency entry's value: the offset, LEB128.
 fn encode_offset(offset: Offset, out: &mut Vec<u8>) {
-    let mut o = offset.0;
-    while o >= 0x80 {
-        out.push((o as u8 & 0x7f) | 0x80);
-        o >>= 7;
-    }
-    out.push(o as u8);
+    varint::put_u64(out, offset.0);
 }
 
 /// The offset of an idempotency entry: LEB128, or the 24 bytes (offset u64 LE,
@@ -62,19 +57,9 @@ fn decode_offset(v: &[u8]) -> Option<Offset> {
     if v.len() == 24 {
         return Some(Offset(u64::from_le_bytes(v[..8].try_into().ok()?)));
     }
-    let mut o = 0u64;
-    for (i, &b) in v.iter().enumerate() {
-        let bits = u64::from(b & 0x7f);
-        // The tenth byte may only hold the top bit of a u64.
-        if i > 9 || (i == 9 && bits > 1) {
-            return None;
-        }
-        o |= bits << (7 * i);
-        if b & 0x80 == 0 {
-            return (i + 1 == v.len()).then_some(Offset(o));
-        }
-    }
-    None
+    let mut rest = v;
+    let o = varint::get_u64(&mut rest)?;
+    rest.is_empty().then_some(Offset(o))
 }
 
 /// The key of an idempotency key.
@@ -198,7 +183,7 @@ mod tests {
         let mut old = 1_000_000u64.to_le_bytes().to_vec();
         old.extend_from_slice(&[0xab; 16]);
         assert_eq!(decode_offset(&old), Some(Offset(1_000_000)));
-        for bad in [&[][..], &[0x80], &[0x80, 0x80], &[0x01, 0x02], &[0xff; 10], &[0xff; 11]] {
+        for bad in [&[][..], &[0x80], &[0x80, 0x80], &[0x01, 0x02], &[0x80, 0x00], &[0xff; 10], &[0xff; 11]] {
             assert_eq!(decode_offset(bad), None, "{bad:?}");
         }
     }
