@@ -158,11 +158,10 @@ impl IngestSequencer {
             AppendError::Unavailable(format!("reading back the stored event at offset {offset}: {e}"))
         };
         let block = match self.last_block.take() {
-            Some(b) if b.first <= offset && offset < b.end() => b,
+            Some(b) if b.holds(offset) => b,
             _ => self.reader.block_at(offset).map_err(unreadable)?,
         };
-        let record = verbatim_schema::decode_record(block.bytes((offset.0 - block.first.0) as usize))
-            .map_err(|error| unreadable(crate::log::LogError::Record { offset, error }));
+        let record = block.record(offset).map_err(unreadable);
         self.last_block = Some(block);
         let event = record?.event;
         if dedup_key(event.source.as_str(), event.seq) != key {

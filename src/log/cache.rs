@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use verbatim_schema::{decode_record, Offset, Record};
+use verbatim_schema::{Offset, Record};
 
 use super::reader::{BlockRecords, LogReader};
 use super::LogError;
@@ -78,15 +78,14 @@ impl BlockCache {
         let mut out = Vec::with_capacity(offsets.len());
         for &o in offsets {
             let b = match &block {
-                Some(b) if b.first <= o && o < b.end() => b.clone(),
+                Some(b) if b.holds(o) => b.clone(),
                 _ => {
                     let b = self.block(log, o)?;
                     block = Some(b.clone());
                     b
                 }
             };
-            let r = decode_record(b.bytes((o.0 - b.first.0) as usize))
-                .map_err(|error| LogError::Record { offset: o, error })?;
+            let r = b.record(o)?;
             out.push(r);
         }
         Ok(out)

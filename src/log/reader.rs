@@ -43,6 +43,17 @@ impl BlockRecords {
     pub fn end(&self) -> Offset {
         self.first.plus(self.spans.len() as u64)
     }
+
+    /// Whether the block holds the record at `offset`.
+    pub fn holds(&self, offset: Offset) -> bool {
+        self.first <= offset && offset < self.end()
+    }
+
+    /// The record at `offset`, decoded; the block must hold it.
+    pub fn record(&self, offset: Offset) -> Result<Record, LogError> {
+        decode_record(self.bytes((offset.0 - self.first.0) as usize))
+            .map_err(|error| LogError::Record { offset, error })
+    }
 }
 
 /// A cheap, cloneable read handle on a log.
@@ -97,9 +108,7 @@ impl LogReader {
 
     /// The record at `offset`.
     pub fn get(&self, offset: Offset) -> Result<Record, LogError> {
-        let block = self.block_at(offset)?;
-        let i = (offset.0 - block.first.0) as usize;
-        decode_record(block.bytes(i)).map_err(|error| LogError::Record { offset, error })
+        self.block_at(offset)?.record(offset)
     }
 
     /// Records from `from` up to the head as it is when the iteration reaches it.
@@ -122,7 +131,7 @@ impl LogIter {
         if self.next >= self.reader.head() {
             return None;
         }
-        if !self.block.as_ref().is_some_and(|b| b.first <= self.next && self.next < b.end()) {
+        if !self.block.as_ref().is_some_and(|b| b.holds(self.next)) {
             match self.reader.block_at(self.next) {
                 Ok(b) => self.block = Some(b),
                 Err(e) => {
