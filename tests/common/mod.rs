@@ -3,10 +3,12 @@
 
 #![allow(dead_code)]
 
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub fn bin() -> &'static str {
@@ -49,9 +51,45 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// A free loopback port (bound, read, released).
+/// A free loopback port for a listener a test starts now or later.
+///
+/// The port comes from outside the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`). A port from inside it can be taken,
+/// while its server is not up yet, as the source port of any outgoing
+/// connection, or by a client retrying that very address, which on loopback
+/// connects to itself (TCP simultaneous open). Either way the server then
+/// fails to bind. Ports handed out in this process are not handed out twice.
 pub fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr")
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let (low, high) = ephemeral_range();
+    let (from, to) = if low > 11_000 { (10_000, low) } else { (high.saturating_add(1), u16::MAX) };
+    let span = u32::from(to - from);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let seed = std::process::id() ^ now.subsec_nanos();
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    // Walk the span from a point that differs between test binaries.
+    for i in 0..span {
+        let port = from + ((seed.wrapping_mul(2_654_435_761).wrapping_add(i)) % span) as u16;
+        if given.contains(&port) {
+            continue;
+        }
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            given.insert(port);
+            return l.local_addr().expect("addr");
+        }
+    }
+    panic!("no free loopback port in {from}..{to}");
+}
+
+/// `net.ipv4.ip_local_port_range`, or Linux's default when it cannot be read.
+fn ephemeral_range() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|p| p.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32_768, 60_999))
 }
 
 /// A server process started by a test and stopped by its PID.
@@ -80,7 +118,7 @@ impl Server {
 
     /// [`Server::start_env`] with extra arguments after `serve` (`--config FILE`).
     pub fn start_args(data: &Path, addr: SocketAddr, wrapper: &[&str], env: &[(&str, &str)], args: &[&str]) -> Server {
-        let server = Self::spawn(data, addr, wrapper, env, args);
+        let mut server = Self::spawn(data, addr, wrapper, env, args);
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Ok((200, _)) = server.get("/healthz") {
@@ -88,13 +126,13 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("server did not become healthy on {addr}");
+        panic!("server did not become healthy on {addr}{}", server.exit_report());
     }
 
     /// Starts a server that speaks HTTPS (this helper's requests are plain
     /// HTTP): ready once its port accepts connections.
     pub fn start_listening(data: &Path, addr: SocketAddr, env: &[(&str, &str)]) -> Server {
-        let server = Self::spawn(data, addr, &[], env, &[]);
+        let mut server = Self::spawn(data, addr, &[], env, &[]);
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if TcpStream::connect(addr).is_ok() {
@@ -102,7 +140,7 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("server did not listen on {addr}");
+        panic!("server did not listen on {addr}{}", server.exit_report());
     }
 
     fn spawn(data: &Path, addr: SocketAddr, wrapper: &[&str], env: &[(&str, &str)], args: &[&str]) -> Server {
@@ -177,6 +215,21 @@ impl Server {
     pub fn kill9(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// For a failed start: how the server ended and what it printed, if it
+    /// has exited; nothing while it still runs.
+    fn exit_report(&mut self) -> String {
+        match self.child.try_wait() {
+            Ok(Some(status)) => {
+                let mut err = String::new();
+                if let Some(mut e) = self.child.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                format!(": it exited with {status}: {err}")
+            }
+            _ => String::new(),
+        }
     }
 
     /// Sends SIGTERM and waits; returns the exit status and stderr.
