@@ -416,8 +416,49 @@ fn percent_encode(s: &str) -> String {
         .collect()
 }
 
-/// `GET /v1/search`: (status, total, hits on the page, body).
-fn search_once(agent: &ureq::Agent, base: &str, token: &str, query: &str) -> anyhow::Result<(u16, u64, usize, String)> {
+/// A search answer as a client reads it: the total and every hit with the
+/// fields an auditor's screen shows, bodies and snippets included. Typed, as
+/// a Rust client would read it; a `serde_json::Value` tree cost this client
+/// more CPU than the server spent answering.
+#[derive(serde::Deserialize)]
+struct SearchPage {
+    hits: Vec<SearchHit>,
+    total: u64,
+}
+
+#[derive(serde::Deserialize)]
+struct SearchHit {
+    offset: u64,
+    ts: String,
+    conversation_id: Option<u64>,
+    network: String,
+    kind: String,
+    from: String,
+    to: Vec<String>,
+    channel: Option<String>,
+    body: String,
+    snippet: String,
+}
+
+impl SearchHit {
+    /// Bytes of text the hit brought (a check that the fields were read).
+    fn text_bytes(&self) -> usize {
+        let fields = [&self.ts, &self.network, &self.kind, &self.from, &self.body, &self.snippet];
+        fields.iter().map(|f| f.len()).sum::<usize>()
+            + self.to.iter().map(String::len).sum::<usize>()
+            + self.channel.as_ref().map_or(0, String::len)
+            + usize::from(self.conversation_id.is_some())
+            + usize::from(self.offset > 0)
+    }
+}
+
+/// `GET /v1/search`: (status, total, hits on the page, text bytes read, body of a refusal).
+fn search_once(
+    agent: &ureq::Agent,
+    base: &str,
+    token: &str,
+    query: &str,
+) -> anyhow::Result<(u16, u64, usize, usize, String)> {
     let mut resp = agent
         .get(&format!("{base}/v1/search?{query}"))
         .header("Authorization", &format!("Bearer {token}"))
@@ -426,11 +467,11 @@ fn search_once(agent: &ureq::Agent, base: &str, token: &str, query: &str) -> any
     let status = resp.status().as_u16();
     let text = resp.body_mut().read_to_string().context("search answer")?;
     if status != 200 {
-        return Ok((status, 0, 0, text));
+        return Ok((status, 0, 0, 0, text));
     }
-    let v: Value = serde_json::from_str(&text).context("search answer is not JSON")?;
-    let hits = v["hits"].as_array().map_or(0, Vec::len);
-    Ok((status, v["total"].as_u64().unwrap_or(0), hits, String::new()))
+    let page: SearchPage = serde_json::from_str(&text).context("search answer is not a page of hits")?;
+    let bytes = page.hits.iter().map(SearchHit::text_bytes).sum();
+    Ok((status, page.total, page.hits.len(), bytes, String::new()))
 }
 
 fn pct_us(sorted: &[u64], p: f64) -> f64 {
@@ -458,11 +499,12 @@ fn query(a: &QueryArgs) -> anyhow::Result<()> {
     let base = a.url.trim_end_matches('/').to_string();
     let lat = Mutex::new(Vec::new());
     let hits = AtomicU64::new(0);
+    let text = AtomicU64::new(0);
     let started = Instant::now();
     std::thread::scope(|s| -> anyhow::Result<()> {
         let workers: Vec<_> = (0..a.clients)
             .map(|c| {
-                let (queries, base, lat, hits) = (&queries, &base, &lat, &hits);
+                let (queries, base, lat, hits, text) = (&queries, &base, &lat, &hits, &text);
                 s.spawn(move || -> anyhow::Result<()> {
                     let agent = agent();
                     let warm = u32::from(!a.cold);
@@ -472,12 +514,13 @@ fn query(a: &QueryArgs) -> anyhow::Result<()> {
                         for i in 0..n {
                             let q = &queries[(i + c as usize * n / a.clients.max(1) as usize) % n];
                             let t = Instant::now();
-                            let (status, _, page, body) = search_once(&agent, base, &a.token, q)?;
+                            let (status, _, page, bytes, body) = search_once(&agent, base, &a.token, q)?;
                             let us = t.elapsed().as_micros() as u64;
                             anyhow::ensure!(status == 200, "search {q} answered {status}: {body}");
                             if pass >= warm {
                                 lat.lock().expect("lock").push(us);
                                 hits.fetch_add(page as u64, Ordering::Relaxed);
+                                text.fetch_add(bytes as u64, Ordering::Relaxed);
                             }
                         }
                     }
@@ -498,6 +541,7 @@ fn query(a: &QueryArgs) -> anyhow::Result<()> {
         "p50_ms": pct_us(&lat, 0.5), "p99_ms": pct_us(&lat, 0.99), "p999_ms": pct_us(&lat, 0.999),
         "max_ms": pct_us(&lat, 1.0), "mean_ms": lat.iter().sum::<u64>() as f64 / lat.len().max(1) as f64 / 1000.0,
         "hits_per_query": hits.load(Ordering::Relaxed) as f64 / lat.len().max(1) as f64,
+        "text_bytes_per_query": text.load(Ordering::Relaxed) as f64 / lat.len().max(1) as f64,
         "wall_seconds": secs,
     });
     println!("{out}");
@@ -525,7 +569,7 @@ fn probe(a: &ProbeArgs) -> anyhow::Result<()> {
         let acked = Instant::now();
         let q = format!("q={word}&limit=1");
         loop {
-            let (status, total, _, body) = search_once(&agent, &base, &a.token, &q)?;
+            let (status, total, _, _, body) = search_once(&agent, &base, &a.token, &q)?;
             anyhow::ensure!(status == 200, "probe search answered {status}: {body}");
             if total > 0 {
                 lat.push(acked.elapsed().as_micros() as u64);
