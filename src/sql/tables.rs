@@ -69,7 +69,8 @@ impl EventsColumns {
 
     /// `stats` is the session's file statistics cache: without it the table
     /// recomputed every file's statistics from its Parquet footer on every
-    /// query (a third of the planning of a short report). Entries are checked
+    /// query (an eighth of the planning of top 20 senders in a profile).
+    /// Entries are checked
     /// against the file's size and modification time, and a rollup file is
     /// never rewritten in place.
     fn listing(

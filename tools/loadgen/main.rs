@@ -430,7 +430,6 @@ struct SearchPage {
 struct SearchHit {
     offset: u64,
     ts: String,
-    conversation_id: Option<u64>,
     network: String,
     kind: String,
     from: String,
@@ -441,14 +440,12 @@ struct SearchHit {
 }
 
 impl SearchHit {
-    /// Bytes of text the hit brought (a check that the fields were read).
+    /// Bytes of text the hit brought (a page that lost its bodies shows here).
     fn text_bytes(&self) -> usize {
         let fields = [&self.ts, &self.network, &self.kind, &self.from, &self.body, &self.snippet];
         fields.iter().map(|f| f.len()).sum::<usize>()
             + self.to.iter().map(String::len).sum::<usize>()
             + self.channel.as_ref().map_or(0, String::len)
-            + usize::from(self.conversation_id.is_some())
-            + usize::from(self.offset > 0)
     }
 }
 
@@ -470,6 +467,10 @@ fn search_once(
         return Ok((status, 0, 0, 0, text));
     }
     let page: SearchPage = serde_json::from_str(&text).context("search answer is not a page of hits")?;
+    let mut offsets: Vec<u64> = page.hits.iter().map(|h| h.offset).collect();
+    offsets.sort_unstable();
+    offsets.dedup();
+    anyhow::ensure!(offsets.len() == page.hits.len(), "a page of {query} named an event twice");
     let bytes = page.hits.iter().map(SearchHit::text_bytes).sum();
     Ok((status, page.total, page.hits.len(), bytes, String::new()))
 }
