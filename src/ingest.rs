@@ -60,14 +60,6 @@ struct Pending {
     digest: [u8; 16],
 }
 
-/// Where an idempotency key was found.
-enum Found {
-    /// In the block being written.
-    Pending(Pending),
-    /// In the state: the event is durable at this offset.
-    Logged(Offset),
-}
-
 #[derive(Debug)]
 pub struct IngestSequencer {
     state: StateDb,
@@ -143,12 +135,17 @@ impl IngestSequencer {
         Ok(())
     }
 
-    fn stored(&self, key: &[u8]) -> Result<Option<Found>, AppendError> {
+    /// The offset and digest of the event already stored under `key`, if
+    /// any: from the block being written, or read back from the log for a
+    /// key the state holds.
+    fn stored(&mut self, key: &[u8]) -> Result<Option<(Offset, [u8; 16])>, AppendError> {
         if let Some(p) = self.pending_keys.get(key) {
-            return Ok(Some(Found::Pending(*p)));
+            return Ok(Some((p.offset, p.digest)));
         }
-        let found = self.state.stored(key).map_err(|e| AppendError::Unavailable(format!("ingest state: {e}")))?;
-        Ok(found.map(Found::Logged))
+        match self.state.stored(key).map_err(|e| AppendError::Unavailable(format!("ingest state: {e}")))? {
+            Some(offset) => Ok(Some((offset, self.logged_digest(key, offset)?))),
+            None => Ok(None),
+        }
     }
 
     /// The digest of the durable event at `offset`, read back from the log;
@@ -200,11 +197,7 @@ impl Sequencer for IngestSequencer {
                     return Err(AppendError::ConflictInBatch { index: i });
                 }
                 Decision::DuplicateOf(j)
-            } else if let Some(found) = self.stored(&key)? {
-                let (offset, stored) = match found {
-                    Found::Pending(p) => (p.offset, p.digest),
-                    Found::Logged(o) => (o, self.logged_digest(&key, o)?),
-                };
+            } else if let Some((offset, stored)) = self.stored(&key)? {
                 if stored != digest {
                     return Err(AppendError::Conflict { index: i, offset });
                 }
