@@ -17,6 +17,7 @@ pub mod format;
 pub mod reports;
 pub mod search_fn;
 pub mod tables;
+pub mod view_groups;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,6 +26,7 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::SessionStateBuilder;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParserBuilder, Statement as DfStatement};
@@ -175,7 +177,13 @@ impl SqlEngine {
             .with_target_partitions(config.threads.max(1));
         session.options_mut().sql_parser.recursion_limit =
             datafusion::common::config::ConfigNonZeroUsize::try_new(config.max_nesting.max(8))?;
-        let ctx = SessionContext::new_with_config_rt(session, runtime_env);
+        let state = SessionStateBuilder::new()
+            .with_config(session)
+            .with_runtime_env(runtime_env)
+            .with_default_features()
+            .with_physical_optimizer_rule(Arc::new(view_groups::ViewGroupedAggregateRule))
+            .build();
+        let ctx = SessionContext::new_with_state(state);
         ctx.register_udf(date_trunc::UtcDateTrunc::udf());
         let metrics = sites.own().rollups.metrics.clone();
         tables::register(&ctx, sites.clone(), blocks.clone(), config.max_tail_events)?;
