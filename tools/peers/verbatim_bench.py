@@ -159,8 +159,10 @@ def sql_hot(port, auditor, n, runs):
 
 
 def sql_cold(bin_dir, data, n, runs):
-    """Each run: a fresh server process, the rollup files evicted, one query."""
+    """Each run: a fresh server process, the rollup files evicted, one query.
+    Returns each aggregation's median time."""
     auditor = new_auditor(bin_dir, data)
+    medians = {}
     for label, query in AGGS:
         times = []
         with Step(f"verbatim cold {label}") as st:
@@ -180,10 +182,12 @@ def sql_cold(bin_dir, data, n, runs):
                 finally:
                     server.send_signal(signal.SIGTERM)
                     server.wait(timeout=120)
+        medians[label] = median(times)
         print(f"verbatim SQL {label} (cold): median {median(times) * 1e3:.1f} ms", flush=True)
         emit(peer="verbatim", what=f"agg {label} via POST /v1/sql on rollups (cold: new server, files evicted)",
              p50_ms=median(times) * 1e3, seconds=sum(times), load=st.load,
              note=f"{runs} runs, median; each a freshly started server")
+    return medians
 
 
 def search_row(bin_dir, data, port, n, ingest_end, clients, runs):
