@@ -22,7 +22,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from verbatim_bench import AGGS, free_port, new_auditor, sql, sql_cold, start, wait_settled  # noqa: E402
+from verbatim_bench import AGGS, free_port, new_auditor, sql_cold, sql_hot, start, wait_settled  # noqa: E402
 from common import WORKDIR, emit, median  # noqa: E402
 
 
@@ -45,19 +45,15 @@ def make_archive(bin_dir, events, data):
 
 
 def hot(bin_dir, data, n, runs):
+    """A fresh server; each aggregation's median hot time."""
     auditor = new_auditor(bin_dir, data)
     port = free_port()
     server = start(bin_dir, data, port)
-    out = {}
     try:
-        wait_settled(port, auditor, n, quiet=2.0)
-        for label, query in AGGS:
-            sql(port, auditor, query)
-            out[label] = median([sql(port, auditor, query)[0] for _ in range(runs)])
+        return sql_hot(port, auditor, n, runs, quiet=2.0)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=120)
-    return out
 
 
 def main():

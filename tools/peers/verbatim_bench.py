@@ -145,8 +145,11 @@ def wait_settled(port, token, n, quiet=5.0):
         time.sleep(0.25)
 
 
-def sql_hot(port, auditor, n, runs):
-    r = wait_settled(port, auditor, n)
+def sql_hot(port, auditor, n, runs, quiet=5.0):
+    """Each aggregation: 1 warm-up, then `runs` runs on the running server.
+    Returns each aggregation's median time."""
+    r = wait_settled(port, auditor, n, quiet)
+    medians = {}
     print(f"verbatim rollups: cover all {n} events in {r['files']} files, {r['bytes'] / n:.1f} B/event", flush=True)
     for label, query in AGGS:
         with Step(f"verbatim hot {label}") as st:
@@ -156,6 +159,8 @@ def sql_hot(port, auditor, n, runs):
         emit(peer="verbatim", what=f"agg {label} via POST /v1/sql on rollups (hot)", p50_ms=median(times) * 1e3,
              seconds=sum(times), load=st.load, rows=len(rows),
              note=f"{runs} runs after 1 warm-up, median; HTTP round trip incl. audit fsync")
+        medians[label] = median(times)
+    return medians
 
 
 def sql_cold(bin_dir, data, n, runs):
