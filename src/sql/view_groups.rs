@@ -237,7 +237,6 @@ struct Groups {
     /// The group of each value seen, in the order first seen.
     by_value: FastMap<Box<[u8]>, usize>,
     null: Option<usize>,
-    count: usize,
     value_bytes: usize,
     /// Group by key: a view of at most 12 bytes (its value is inline), or
     /// the address of a longer value's bytes and its length (`addr << 64 |
@@ -251,8 +250,9 @@ struct Groups {
 }
 
 impl Groups {
+    /// Groups so far: every value seen, and NULL if it was.
     fn len(&self) -> usize {
-        self.count
+        self.by_value.len() + usize::from(self.null.is_some())
     }
 
     fn size(&self) -> usize {
@@ -295,10 +295,10 @@ impl Groups {
         indices.reserve(views.len());
         for (row, &view) in views.iter().enumerate() {
             if keys.is_null(row) {
-                let g = *self.null.get_or_insert_with(|| {
-                    self.count += 1;
-                    self.count - 1
-                });
+                let g = match self.null {
+                    Some(g) => g,
+                    None => *self.null.insert(self.len()),
+                };
                 indices.push(g);
                 continue;
             }
@@ -317,10 +317,10 @@ impl Groups {
                     let g = match self.by_value.get(value) {
                         Some(&g) => g,
                         None => {
-                            self.by_value.insert(value.into(), self.count);
+                            let g = self.len();
+                            self.by_value.insert(value.into(), g);
                             self.value_bytes += value.len();
-                            self.count += 1;
-                            self.count - 1
+                            g
                         }
                     };
                     self.by_key.insert(key, g);
@@ -334,11 +334,12 @@ impl Groups {
 
     /// The groups' values in group order; the groups start afresh.
     fn take(&mut self) -> Result<StringViewArray> {
-        let mut values: Vec<Option<Box<[u8]>>> = vec![None; self.count];
+        let count = self.len();
+        let mut values: Vec<Option<Box<[u8]>>> = vec![None; count];
         for (value, g) in self.by_value.drain() {
             values[g] = Some(value);
         }
-        let mut out = StringViewBuilder::with_capacity(self.count);
+        let mut out = StringViewBuilder::with_capacity(count);
         for (g, value) in values.iter().enumerate() {
             match value {
                 Some(v) => out.append_value(std::str::from_utf8(v).map_err(|e| DataFusionError::External(e.into()))?),
