@@ -14,7 +14,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 use serde_json::{json, Value};
-use tantivy::snippet::{collapse_overlapped_ranges, Snippet, SnippetGenerator};
 use tracing::warn;
 use verbatim_schema::{Offset, Record};
 
@@ -24,6 +23,7 @@ use super::AppState;
 use crate::audit::AuditEntry;
 use crate::auth::{Principal, Role};
 use crate::index::search::{self, parse_time, Filters, SearchError, SearchRequest, Sort};
+use crate::index::snippet::{Snippet, Snippets};
 use crate::sites::SiteStore;
 
 type Params = Query<Vec<(String, String)>>;
@@ -131,55 +131,8 @@ impl<'a> EventJson<'a> {
 struct HitJson<'a> {
     #[serde(flatten)]
     event: EventJson<'a>,
-    snippet: SnippetHtml,
+    snippet: Snippet<'a>,
     score: Option<f32>,
-}
-
-/// A snippet as HTML, written straight into the answer: the fragment with
-/// each match in `<b>…</b>` and `& < > " '` escaped. The same text as
-/// tantivy's `Snippet::to_html`, whose escaper goes a character at a time
-/// into a fresh `String` per piece (7 % of the search thread's samples in a
-/// profile of the peers' queries).
-struct SnippetHtml(Snippet);
-
-impl std::fmt::Display for SnippetHtml {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let text = self.0.fragment();
-        let mut from = 0;
-        for hit in collapse_overlapped_ranges(self.0.highlighted()) {
-            escape_html(f, &text[from..hit.start])?;
-            f.write_str("<b>")?;
-            escape_html(f, &text[hit.clone()])?;
-            f.write_str("</b>")?;
-            from = hit.end;
-        }
-        escape_html(f, &text[from..])
-    }
-}
-
-impl Serialize for SnippetHtml {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-/// Writes `text` with the five characters HTML gives meaning to as entities.
-fn escape_html(f: &mut std::fmt::Formatter<'_>, text: &str) -> std::fmt::Result {
-    let mut from = 0;
-    for (i, b) in text.bytes().enumerate() {
-        let entity = match b {
-            b'"' => "&quot;",
-            b'&' => "&amp;",
-            b'\'' => "&#x27;",
-            b'<' => "&lt;",
-            b'>' => "&gt;",
-            _ => continue,
-        };
-        f.write_str(&text[from..i])?;
-        f.write_str(entity)?;
-        from = i + 1;
-    }
-    f.write_str(&text[from..])
 }
 
 #[derive(Serialize)]
@@ -322,9 +275,7 @@ fn render(st: &AppState, stores: &[Arc<SiteStore>], out: search::SitesOutcome) -
     let records = crate::sites::records(stores, &st.blocks, &at)?;
     let mut snippets = Vec::with_capacity(out.parts.len());
     for (query, searcher) in &out.parts {
-        let mut g = SnippetGenerator::create(searcher, &**query, st.index.fields.body)?;
-        g.set_max_num_chars(st.search.snippet_chars);
-        snippets.push(g);
+        snippets.push(Snippets::create(searcher, &**query, st.index.fields.body, st.search.snippet_chars)?);
     }
     let hits = out
         .hits
@@ -332,7 +283,7 @@ fn render(st: &AppState, stores: &[Arc<SiteStore>], out: search::SitesOutcome) -
         .zip(&records)
         .map(|(h, rec)| HitJson {
             event: EventJson::new(h.found.offset, rec),
-            snippet: SnippetHtml(snippets[h.store].snippet(&rec.event.body)),
+            snippet: snippets[h.store].snippet(&rec.event.body),
             score: h.found.score,
         })
         .collect();
@@ -524,48 +475,4 @@ pub async fn get_status(State(s): State<Arc<AppState>>, caller: Caller) -> Resul
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("status task failed: {e}")))?;
     Ok(Json(body))
-}
-
-#[cfg(test)]
-mod tests {
-    use proptest::prelude::*;
-    use tantivy::query::QueryParser;
-    use tantivy::schema::{Schema, TEXT};
-    use tantivy::snippet::SnippetGenerator;
-    use tantivy::{doc, Index};
-
-    use super::SnippetHtml;
-
-    fn generator(max: usize) -> SnippetGenerator {
-        let mut schema = Schema::builder();
-        let body = schema.add_text_field("body", TEXT);
-        let index = Index::create_in_ram(schema.build());
-        let mut w = index.writer_with_num_threads(1, 15_000_000).expect("writer");
-        w.add_document(doc!(body => "ab cd")).expect("add");
-        w.commit().expect("commit");
-        let searcher = index.reader().expect("reader").searcher();
-        let query = QueryParser::for_index(&index, vec![body]).parse_query("ab OR cd").expect("query");
-        let mut g = SnippetGenerator::create(&searcher, &*query, body).expect("generator");
-        g.set_max_num_chars(max);
-        g
-    }
-
-    #[test]
-    fn snippet_html_marks_matches_and_escapes() {
-        // (A fragment ends with its last word, so the closing quote is not in it.)
-        let html = SnippetHtml(generator(100).snippet("ab & <cd> \"x\" 'y'")).to_string();
-        assert_eq!(html, "<b>ab</b> &amp; &lt;<b>cd</b>&gt; &quot;x&quot; &#x27;y");
-    }
-
-    proptest! {
-        /// Our HTML is tantivy's, character for character, for text full of
-        /// the characters HTML escapes and of matches side by side.
-        #[test]
-        fn snippet_html_is_tantivys(text in "(ab|cd|[&<>\"' é]|\u{1F600}){0,40}", max in 5usize..60) {
-            let g = generator(max);
-            let snippet = g.snippet(&text);
-            let theirs = snippet.to_html();
-            prop_assert_eq!(SnippetHtml(snippet).to_string(), theirs);
-        }
-    }
 }

@@ -12,6 +12,7 @@
 
 pub mod indexer;
 pub mod search;
+pub mod snippet;
 pub mod tokenizer;
 
 use std::path::Path;
