@@ -43,7 +43,7 @@ echo "fdatasync reference (same disk, same run): 4 KiB $(python3 tools/fsync_pro
 ROUNDS="${ROUNDS:-8}"
 echo
 echo "moderate load: 1 client, paced; $ROUNDS windows of 3 s, each between paced fdatasync probes (512 B) at the same request rate"
-printf '%-8s %-9s %-6s %9s %9s %9s %9s %9s %9s %8s\n' batch events/s round "sync p50" "p99 before" "p99 after" "ack p50" "ack p99" "p99.9" "÷sync p99"
+printf '%-8s %-9s %-6s %9s %9s %9s %9s %9s %9s %8s\n' batch events/s round "p50 before" "p99 before" "p99 after" "ack p50" "ack p99" "p99.9" "÷sync p99"
 for spec in "1 1000" "10 10000"; do
   read -r batch rate <<<"$spec"
   D="$W/data-paced-$batch"; rm -rf "$D" "$W/lg-$batch"; mkdir -p "$W/lg-$batch"
