@@ -15,11 +15,12 @@ use std::sync::{Arc, Mutex, RwLock};
 use anyhow::Context;
 use tracing::{info, warn};
 
-use verbatim_schema::{Offset, Record};
+use verbatim_schema::Offset;
 
 use crate::index::indexer::{Indexer, SearchIndex};
 use crate::index::IndexConfig;
 use crate::log::cache::BlockCache;
+use crate::log::reader::BlockRecords;
 use crate::log::{LogError, LogReader};
 use crate::metrics::{IndexMetrics, RollupMetrics};
 use crate::rollup::writer::RollupWriter;
@@ -34,26 +35,27 @@ pub struct SiteStore {
     pub rollups: Arc<Rollups>,
 }
 
-/// The records of `hits` — (position of the store in `stores`, offset) — in
-/// the order given, each site's read from its own log in one pass.
-pub fn records(
+/// Each of `hits` — (position of the store in `stores`, offset) — in the
+/// order given, paired with the block holding it, each site's read from its
+/// own log in one pass.
+pub fn blocks(
     stores: &[Arc<SiteStore>],
     blocks: &BlockCache,
     hits: &[(usize, Offset)],
-) -> Result<Vec<Record>, LogError> {
-    let mut out: Vec<Option<Record>> = hits.iter().map(|_| None).collect();
+) -> Result<Vec<(Arc<BlockRecords>, Offset)>, LogError> {
+    let mut out: Vec<Option<(Arc<BlockRecords>, Offset)>> = hits.iter().map(|_| None).collect();
     for (i, store) in stores.iter().enumerate() {
         let (at, offsets): (Vec<usize>, Vec<Offset>) =
             hits.iter().enumerate().filter(|(_, h)| h.0 == i).map(|(k, h)| (k, h.1)).unzip();
         if offsets.is_empty() {
             continue;
         }
-        for (k, r) in at.into_iter().zip(blocks.records(&store.log, &offsets)?) {
-            out[k] = Some(r);
+        for (k, b) in at.into_iter().zip(blocks.blocks(&store.log, &offsets)?) {
+            out[k] = Some(b);
         }
     }
     // A hit naming no store of `stores` has no record.
-    out.into_iter().zip(hits).map(|(r, &(_, o))| r.ok_or(LogError::NoSuchOffset(o))).collect()
+    out.into_iter().zip(hits).map(|(b, &(_, o))| b.ok_or(LogError::NoSuchOffset(o))).collect()
 }
 
 /// Where HQ keeps the derived stores of replicated sites, and how it builds them.

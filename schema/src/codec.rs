@@ -26,8 +26,6 @@
 //! `varint` is unsigned LEB128 (minimal), `zigzag` a zigzag LEB128 signed
 //! integer, `str` a varint byte length followed by that much UTF-8.
 
-use std::collections::BTreeMap;
-
 use crate::event::{Direction, Event, Record, RecordFlags};
 use crate::ids::{ConversationId, SiteId, SourceId};
 use crate::time::{EventTime, UnixNanos};
@@ -173,14 +171,13 @@ impl<'a> Cursor<'a> {
         Ok(b)
     }
 
-    fn string_of(&mut self, len: u64, what: &'static str) -> Result<String, CodecError> {
-        let b = self.bytes(len)?;
-        String::from_utf8(b.to_vec()).map_err(|_| CodecError::Utf8(what))
+    fn str_of(&mut self, len: u64, what: &'static str) -> Result<&'a str, CodecError> {
+        std::str::from_utf8(self.bytes(len)?).map_err(|_| CodecError::Utf8(what))
     }
 
-    fn string(&mut self, what: &'static str) -> Result<String, CodecError> {
+    fn str(&mut self, what: &'static str) -> Result<&'a str, CodecError> {
         let len = self.u64()?;
-        self.string_of(len, what)
+        self.str_of(len, what)
     }
 
     fn count(&mut self) -> Result<usize, CodecError> {
@@ -190,8 +187,60 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// A record decoded in place: its text borrowed from the bytes it came
+/// from. The read path renders hits from views, so a page of results costs
+/// no copy of any body; [`RecordView::to_record`] makes the owned form.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordView<'a> {
+    pub received_at: UnixNanos,
+    pub site: &'a str,
+    pub conversation_id: Option<ConversationId>,
+    pub flags: RecordFlags,
+    pub source: &'a str,
+    pub seq: u64,
+    pub network: &'a str,
+    pub kind: &'a str,
+    pub ts: EventTime,
+    pub from: &'a str,
+    pub to: Vec<&'a str>,
+    pub channel: Option<&'a str>,
+    pub body: &'a str,
+    pub direction: Option<Direction>,
+    pub attrs: Vec<(&'a str, &'a str)>,
+}
+
+impl RecordView<'_> {
+    pub fn to_record(&self) -> Record {
+        Record {
+            received_at: self.received_at,
+            site: SiteId::new(self.site),
+            conversation_id: self.conversation_id,
+            flags: self.flags,
+            event: Event {
+                source: SourceId::new(self.source),
+                seq: self.seq,
+                network: self.network.to_owned(),
+                kind: self.kind.to_owned(),
+                ts: self.ts,
+                from: self.from.to_owned(),
+                to: self.to.iter().map(|t| (*t).to_owned()).collect(),
+                channel: self.channel.map(str::to_owned),
+                body: self.body.to_owned(),
+                direction: self.direction,
+                attrs: self.attrs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            },
+        }
+    }
+}
+
 /// Decodes one record from exactly `bytes`.
 pub fn decode_record(bytes: &[u8]) -> Result<Record, CodecError> {
+    decode_view(bytes).map(|v| v.to_record())
+}
+
+/// Decodes one record from exactly `bytes`, borrowing its text from them;
+/// it refuses what [`decode_record`] refuses.
+pub fn decode_view(bytes: &[u8]) -> Result<RecordView<'_>, CodecError> {
     let mut c = Cursor { all: bytes.len(), rest: bytes };
     let version = c.u8()?;
     if version != RECORD_VERSION {
@@ -206,28 +255,28 @@ pub fn decode_record(bytes: &[u8]) -> Result<Record, CodecError> {
         return Err(CodecError::Flags(flags & !RecordFlags::KNOWN));
     }
     let received_at = UnixNanos(c.i64()?);
-    let site = SiteId::new(c.string("site")?);
+    let site = c.str("site")?;
     let conversation_id = match c.u64()? {
         0 => None,
         n => Some(ConversationId(n - 1)),
     };
-    let source = SourceId::new(c.string("source")?);
+    let source = c.str("source")?;
     let seq = c.u64()?;
-    let network = c.string("network")?;
-    let kind = c.string("kind")?;
+    let network = c.str("network")?;
+    let kind = c.str("kind")?;
     let instant = UnixNanos(c.i64()?);
     let utc_offset_secs = i32::try_from(c.i64()?).ok().filter(|o| o.abs() < 86_400).ok_or_else(|| c.err())?;
-    let from = c.string("from")?;
+    let from = c.str("from")?;
     let n_to = c.count()?;
     let mut to = Vec::with_capacity(n_to);
     for _ in 0..n_to {
-        to.push(c.string("to")?);
+        to.push(c.str("to")?);
     }
     let channel = match c.u64()? {
         0 => None,
-        n => Some(c.string_of(n - 1, "channel")?),
+        n => Some(c.str_of(n - 1, "channel")?),
     };
-    let body = c.string("body")?;
+    let body = c.str("body")?;
     let direction = match c.u8()? {
         0 => None,
         1 => Some(Direction::Inbound),
@@ -236,36 +285,34 @@ pub fn decode_record(bytes: &[u8]) -> Result<Record, CodecError> {
         _ => return Err(CodecError::Malformed(c.pos() - 1)),
     };
     let n_attrs = c.count()?;
-    let mut attrs = BTreeMap::new();
+    let mut attrs: Vec<(&str, &str)> = Vec::with_capacity(n_attrs);
     for _ in 0..n_attrs {
-        let k = c.string("attrs")?;
-        let v = c.string("attrs")?;
-        if attrs.last_key_value().is_some_and(|(last, _)| *last >= k) {
+        let k = c.str("attrs")?;
+        let v = c.str("attrs")?;
+        if attrs.last().is_some_and(|(last, _)| *last >= k) {
             return Err(c.err());
         }
-        attrs.insert(k, v);
+        attrs.push((k, v));
     }
     if !c.rest.is_empty() {
         return Err(CodecError::Trailing(c.rest.len()));
     }
-    Ok(Record {
+    Ok(RecordView {
         received_at,
         site,
         conversation_id,
         flags: RecordFlags(flags),
-        event: Event {
-            source,
-            seq,
-            network,
-            kind,
-            ts: EventTime { instant, utc_offset_secs },
-            from,
-            to,
-            channel,
-            body,
-            direction,
-            attrs,
-        },
+        source,
+        seq,
+        network,
+        kind,
+        ts: EventTime { instant, utc_offset_secs },
+        from,
+        to,
+        channel,
+        body,
+        direction,
+        attrs,
     })
 }
 
@@ -318,6 +365,18 @@ mod tests {
             encode_record(&r, &mut bytes);
             prop_assert!(bytes.len() <= encoded_len_bound(&r));
             prop_assert_eq!(decode_record(&bytes), Ok(r));
+        }
+
+        #[test]
+        fn a_view_borrows_its_text_from_the_bytes(r in arb_record()) {
+            let mut bytes = Vec::new();
+            encode_record(&r, &mut bytes);
+            let view = decode_view(&bytes).expect("a record");
+            let inside = |s: &str| bytes.as_ptr_range().contains(&s.as_ptr()) || s.is_empty();
+            prop_assert!(inside(view.body) && inside(view.from) && inside(view.site));
+            prop_assert!(view.to.iter().all(|t| inside(t)));
+            prop_assert_eq!(view.body, r.event.body.as_str());
+            prop_assert_eq!(view.to_record(), r);
         }
 
         #[test]

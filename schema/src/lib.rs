@@ -12,7 +12,7 @@ pub mod validate;
 pub mod varint;
 pub mod wire;
 
-pub use codec::{decode_record, encode_record, CodecError, RECORD_VERSION};
+pub use codec::{decode_record, decode_view, encode_record, CodecError, RecordView, RECORD_VERSION};
 pub use event::{Direction, Event, Record, RecordFlags};
 pub use ids::{ConversationId, Offset, SiteId, SourceId};
 pub use time::{EventTime, UnixNanos};

@@ -15,7 +15,7 @@ use axum::Json;
 use serde::Serialize;
 use serde_json::{json, Value};
 use tracing::warn;
-use verbatim_schema::{Offset, Record};
+use verbatim_schema::{Offset, RecordView};
 
 use super::auth::Caller;
 use super::error::ApiError;
@@ -24,6 +24,7 @@ use crate::audit::AuditEntry;
 use crate::auth::{Principal, Role};
 use crate::index::search::{self, parse_time, Filters, SearchError, SearchRequest, Sort};
 use crate::index::snippet::{Snippet, Snippets};
+use crate::log::reader::views;
 use crate::sites::SiteStore;
 
 type Params = Query<Vec<(String, String)>>;
@@ -102,27 +103,26 @@ struct EventJson<'a> {
     source: &'a str,
     site: &'a str,
     from: &'a str,
-    to: &'a [String],
+    to: &'a [&'a str],
     channel: Option<&'a str>,
     body: &'a str,
 }
 
 impl<'a> EventJson<'a> {
-    fn new(offset: Offset, r: &'a Record) -> Self {
-        let e = &r.event;
+    fn new(offset: Offset, r: &'a RecordView<'a>) -> Self {
         Self {
             offset: offset.0,
-            ts: e.ts.to_rfc3339(),
+            ts: r.ts.to_rfc3339(),
             received_at: r.received_at.to_rfc3339(),
             conversation_id: r.conversation_id.map(|c| c.0),
-            network: &e.network,
-            kind: &e.kind,
-            source: e.source.as_str(),
-            site: r.site.as_str(),
-            from: &e.from,
-            to: &e.to,
-            channel: e.channel.as_deref(),
-            body: &e.body,
+            network: r.network,
+            kind: r.kind,
+            source: r.source,
+            site: r.site,
+            from: r.from,
+            to: &r.to,
+            channel: r.channel,
+            body: r.body,
         }
     }
 }
@@ -272,7 +272,8 @@ struct Answered {
 /// The answer's JSON: the hits' records read from the logs, with snippets.
 fn render(st: &AppState, stores: &[Arc<SiteStore>], out: search::SitesOutcome) -> Result<Vec<u8>, SearchError> {
     let at: Vec<(usize, Offset)> = out.hits.iter().map(|h| (h.store, h.found.offset)).collect();
-    let records = crate::sites::records(stores, &st.blocks, &at)?;
+    let held = crate::sites::blocks(stores, &st.blocks, &at)?;
+    let records = views(&held)?;
     let mut snippets = Vec::with_capacity(out.parts.len());
     for (query, searcher) in &out.parts {
         snippets.push(Snippets::create(searcher, &**query, st.index.fields.body, st.search.snippet_chars)?);
@@ -283,7 +284,7 @@ fn render(st: &AppState, stores: &[Arc<SiteStore>], out: search::SitesOutcome) -
         .zip(&records)
         .map(|(h, rec)| HitJson {
             event: EventJson::new(h.found.offset, rec),
-            snippet: snippets[h.store].snippet(&rec.event.body),
+            snippet: snippets[h.store].snippet(rec.body),
             score: h.found.score,
         })
         .collect();
@@ -356,7 +357,8 @@ pub async fn get_conversation(
             )));
         };
         let watermark = store.index.state().watermark;
-        let records = st.blocks.records(&store.log, &offsets)?;
+        let held = st.blocks.blocks(&store.log, &offsets)?;
+        let records = views(&held)?;
         let window = match around {
             None => 0..offsets.len(),
             Some(a) => {
@@ -368,12 +370,12 @@ pub async fn get_conversation(
         };
         let mut participants = BTreeSet::new();
         for r in &records {
-            participants.insert(r.event.from.clone());
-            participants.extend(r.event.to.iter().cloned());
+            participants.insert(r.from);
+            participants.extend(r.to.iter().copied());
         }
         let first = &records[0];
-        let started = records.iter().map(|r| r.event.ts.instant).min().unwrap_or(first.event.ts.instant);
-        let ended = records.iter().map(|r| r.event.ts.instant).max().unwrap_or(first.event.ts.instant);
+        let started = records.iter().map(|r| r.ts.instant).min().unwrap_or(first.ts.instant);
+        let ended = records.iter().map(|r| r.ts.instant).max().unwrap_or(first.ts.instant);
         let events: Vec<Value> = window
             .clone()
             .map(|i| serde_json::to_value(EventJson::new(offsets[i], &records[i])))
@@ -385,8 +387,8 @@ pub async fn get_conversation(
                 "conversation": {
                     "id": id,
                     "site": store.site,
-                    "network": first.event.network,
-                    "channel": first.event.channel,
+                    "network": first.network,
+                    "channel": first.channel,
                     "participants": participants,
                     "started_at": started.to_rfc3339(),
                     "ended_at": ended.to_rfc3339(),

@@ -74,19 +74,19 @@ impl BlockCache {
 
     /// The records at `offsets`, in the order given.
     pub fn records(&self, log: &LogReader, offsets: &[Offset]) -> Result<Vec<Record>, LogError> {
-        let mut block: Option<Arc<BlockRecords>> = None;
-        let mut out = Vec::with_capacity(offsets.len());
+        self.blocks(log, offsets)?.iter().map(|(b, o)| b.record(*o)).collect()
+    }
+
+    /// Each of `offsets`, in the order given, paired with the block that
+    /// holds it: what [`super::reader::views`] decodes in place.
+    pub fn blocks(&self, log: &LogReader, offsets: &[Offset]) -> Result<Vec<(Arc<BlockRecords>, Offset)>, LogError> {
+        let mut out: Vec<(Arc<BlockRecords>, Offset)> = Vec::with_capacity(offsets.len());
         for &o in offsets {
-            let b = match &block {
-                Some(b) if b.holds(o) => b.clone(),
-                _ => {
-                    let b = self.block(log, o)?;
-                    block = Some(b.clone());
-                    b
-                }
+            let b = match out.last() {
+                Some((b, _)) if b.holds(o) => b.clone(),
+                _ => self.block(log, o)?,
             };
-            let r = b.record(o)?;
-            out.push(r);
+            out.push((b, o));
         }
         Ok(out)
     }
@@ -126,6 +126,28 @@ mod tests {
         assert!(cache.lookup(id, Offset(15)).is_some(), "the newest blocks stay");
         assert!(cache.lookup(id, Offset(35)).is_none(), "the oldest entry went first");
         assert!(matches!(cache.records(&reader, &[Offset(40)]), Err(LogError::NoSuchOffset(_))));
+    }
+
+    #[test]
+    fn views_decode_the_same_records_in_place() {
+        let mut log =
+            Log::open(Arc::new(MemStorage::new()), std::path::Path::new("/log"), LogConfig::default()).expect("open");
+        for b in 0..3 {
+            let batch: Vec<Record> = (0..10)
+                .map(|i| crate::index::search::tests::record("irc", "a", "b", None, &format!("m{b}.{i}"), 1000 + i, 1))
+                .collect();
+            log.append(&mut [batch]).expect("append");
+        }
+        let reader = log.reader();
+        let cache = BlockCache::new(1 << 20);
+        let offsets = [Offset(25), Offset(3), Offset(4), Offset(17)];
+        let held = cache.blocks(&reader, &offsets).expect("blocks");
+        assert!(Arc::ptr_eq(&held[1].0, &held[2].0), "neighbours share their block");
+        let views = crate::log::reader::views(&held).expect("views");
+        let bodies: Vec<&str> = views.iter().map(|v| v.body).collect();
+        assert_eq!(bodies, ["m2.5", "m0.3", "m0.4", "m1.7"]);
+        let owned: Vec<Record> = views.iter().map(|v| v.to_record()).collect();
+        assert_eq!(owned, cache.records(&reader, &offsets).expect("records"));
     }
 
     #[test]

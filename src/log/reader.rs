@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use verbatim_schema::{decode_record, Offset, Record};
+use verbatim_schema::{decode_record, decode_view, Offset, Record, RecordView};
 
 use super::frame;
 use super::segment;
@@ -51,9 +51,32 @@ impl BlockRecords {
 
     /// The record at `offset`, decoded; the block must hold it.
     pub fn record(&self, offset: Offset) -> Result<Record, LogError> {
-        decode_record(self.bytes((offset.0 - self.first.0) as usize))
-            .map_err(|error| LogError::Record { offset, error })
+        self.view(offset).map(|v| v.to_record())
     }
+
+    /// One byte from each end of the record at `offset` (0 if the block
+    /// does not hold it): reading it brings the record's memory in.
+    fn touch(&self, offset: Offset) -> u8 {
+        let span = offset.0.checked_sub(self.first.0).and_then(|i| self.spans.get(i as usize));
+        span.and_then(|s| Some(self.raw.get(s.start)? ^ self.raw.get(s.end.checked_sub(1)?)?)).unwrap_or(0)
+    }
+
+    /// The record at `offset`, decoded in place; the block must hold it.
+    pub fn view(&self, offset: Offset) -> Result<RecordView<'_>, LogError> {
+        decode_view(self.bytes((offset.0 - self.first.0) as usize)).map_err(|error| LogError::Record { offset, error })
+    }
+}
+
+/// The records at the offsets of `held`, each decoded in place from the
+/// block paired with it (as [`super::cache::BlockCache::blocks`] pairs them).
+pub fn views(held: &[(Arc<BlockRecords>, Offset)]) -> Result<Vec<RecordView<'_>>, LogError> {
+    // A page of hits lies scattered over megabytes of cached blocks, and a
+    // decode waits for each record's memory in turn. Reading a byte at each
+    // end of every record first lets the CPU fetch them all at once: 76
+    // records in 0.047 ms instead of 0.072 (docs/benchmarks.md, 2026-12-04).
+    let touched = held.iter().fold(0u8, |acc, (b, o)| acc ^ b.touch(*o));
+    std::hint::black_box(touched);
+    held.iter().map(|(b, o)| b.view(*o)).collect()
 }
 
 /// A cheap, cloneable read handle on a log.

@@ -19,7 +19,8 @@ use verbatim_schema::Offset;
 
 use crate::index::search::{search_sites, Filters, SearchConfig, SearchRequest, Sort};
 use crate::log::cache::BlockCache;
-use crate::sites::{records, SiteStore, Sites};
+use crate::log::reader::views;
+use crate::sites::{blocks, SiteStore, Sites};
 
 #[derive(Debug)]
 pub struct SearchFunction {
@@ -92,7 +93,9 @@ impl TableFunctionImpl for SearchFunction {
         let stores = self.sites.all();
         let hits = self.hits(&stores, q, limit)?;
         let at: Vec<(usize, Offset)> = hits.iter().map(|(i, o, _)| (*i, *o)).collect();
-        let records = records(&stores, &self.blocks, &at).map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let external = |e| DataFusionError::External(Box::new(e));
+        let held = blocks(&stores, &self.blocks, &at).map_err(external)?;
+        let records = views(&held).map_err(external)?;
         let mut site = StringBuilder::new();
         let mut offset = Int64Builder::new();
         let mut ts = TimestampNanosecondBuilder::new().with_timezone("UTC");
@@ -101,12 +104,12 @@ impl TableFunctionImpl for SearchFunction {
         let mut score = Float32Builder::new();
         for ((_, o, s), r) in hits.iter().zip(&records) {
             // The record's own site, as `events.site` shows it.
-            site.append_value(r.site.as_str());
+            site.append_value(r.site);
             offset.append_value(o.0 as i64);
-            ts.append_value(r.event.ts.instant.0);
+            ts.append_value(r.ts.instant.0);
             conversation.append_option(r.conversation_id.map(|c| c.0 as i64));
-            participants.values().append_value(&r.event.from);
-            for t in &r.event.to {
+            participants.values().append_value(r.from);
+            for t in &r.to {
                 participants.values().append_value(t);
             }
             participants.append(true);
