@@ -73,7 +73,8 @@ pub fn views(held: &[(Arc<BlockRecords>, Offset)]) -> Result<Vec<RecordView<'_>>
     // A page of hits lies scattered over megabytes of cached blocks, and a
     // decode waits for each record's memory in turn. Reading a byte at each
     // end of every record first lets the CPU fetch them all at once: 76
-    // records in 0.047 ms instead of 0.072 (docs/benchmarks.md, 2026-12-04).
+    // records in 0.047 ms instead of 0.069-0.079 (docs/benchmarks.md,
+    // "Records decoded in place for the render").
     let touched = held.iter().fold(0u8, |acc, (b, o)| acc ^ b.touch(*o));
     std::hint::black_box(touched);
     held.iter().map(|(b, o)| b.view(*o)).collect()
