@@ -105,16 +105,22 @@ mod tests {
     use crate::log::io::MemStorage;
     use crate::log::{Log, LogConfig};
 
-    #[test]
-    fn serves_records_from_cached_blocks_within_its_budget() {
-        let storage = MemStorage::new();
-        let mut log = Log::open(Arc::new(storage), std::path::Path::new("/log"), LogConfig::default()).expect("open");
-        for b in 0..4 {
+    /// A log of `blocks` blocks of ten records each; bodies `m{block}.{i}`.
+    fn log_of(blocks: usize) -> Log {
+        let mut log =
+            Log::open(Arc::new(MemStorage::new()), std::path::Path::new("/log"), LogConfig::default()).expect("open");
+        for b in 0..blocks {
             let batch: Vec<Record> = (0..10)
                 .map(|i| crate::index::search::tests::record("irc", "a", "b", None, &format!("m{b}.{i}"), 1000 + i, 1))
                 .collect();
             log.append(&mut [batch]).expect("append");
         }
+        log
+    }
+
+    #[test]
+    fn serves_records_from_cached_blocks_within_its_budget() {
+        let log = log_of(4);
         let reader = log.reader();
         let one_block = reader.block_at(Offset(0)).expect("block").raw_len();
         let cache = BlockCache::new(one_block * 2 + 1);
@@ -130,14 +136,7 @@ mod tests {
 
     #[test]
     fn views_decode_the_same_records_in_place() {
-        let mut log =
-            Log::open(Arc::new(MemStorage::new()), std::path::Path::new("/log"), LogConfig::default()).expect("open");
-        for b in 0..3 {
-            let batch: Vec<Record> = (0..10)
-                .map(|i| crate::index::search::tests::record("irc", "a", "b", None, &format!("m{b}.{i}"), 1000 + i, 1))
-                .collect();
-            log.append(&mut [batch]).expect("append");
-        }
+        let log = log_of(3);
         let reader = log.reader();
         let cache = BlockCache::new(1 << 20);
         let offsets = [Offset(25), Offset(3), Offset(4), Offset(17)];
