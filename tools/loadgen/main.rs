@@ -10,6 +10,7 @@
 //! verbatim-loadgen gen   --events N [--clients 1] [--seed 42]      (NDJSON on stdout)
 //! verbatim-loadgen query --url URL --token T --queries FILE [--clients 1] [--passes 3]
 //! verbatim-loadgen probe --url URL --ingest-token T --token T [--probes 100]
+//! verbatim-loadgen floor --dir DIR [--listen 127.0.0.1:0] [--workers N]
 //! ```
 //! `query` times `GET /v1/search` (bodies included) per request; `probe`
 //! measures time to searchable: from the ack of an event carrying a unique
@@ -17,7 +18,10 @@
 //! `run` keeps retrying a batch (same keys, same content) through 429, 503
 //! and refused connections until it is acknowledged, so it can run straight
 //! through server crashes; `--state` lets a later run resume where it stopped.
+//! `floor` serves the two timed endpoints with nothing but an append and an
+//! `fdatasync` per request: the lower bound the benchmarks set Verbatim beside.
 
+mod floor;
 mod gen;
 
 use std::collections::HashMap;
@@ -59,6 +63,8 @@ enum Command {
     },
     Query(QueryArgs),
     Probe(ProbeArgs),
+    /// Serve `POST /v1/events` and `GET /v1/search` with an append and an fdatasync each, nothing more.
+    Floor(floor::FloorArgs),
 }
 
 #[derive(clap::Args, Clone)]
@@ -146,6 +152,7 @@ fn main() -> ExitCode {
         Command::Gen { events, clients, seed } => gen_events(events, clients, seed).map(|()| true),
         Command::Query(a) => query(&a).map(|()| true),
         Command::Probe(a) => probe(&a).map(|()| true),
+        Command::Floor(a) => floor::floor(&a).map(|()| true),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -220,8 +220,34 @@ def search_row(bin_dir, data, port, n, ingest_end, clients, runs):
           f"(mean {r['mean_ms']:.3f}, {r['hits_per_query']:.1f} hits/query)", flush=True)
     emit(peer="verbatim", what="FTS 200q ORDER BY ts DESC LIMIT 100 via GET /v1/search, bodies + snippets + audit (warm, 1 client)",
          p50_ms=r["p50_ms"], p99_ms=r["p99_ms"], mean_ms=r["mean_ms"], load=stp.load, note="3 timed passes pooled; 1 warm-up")
+    floor_search_row(bin_dir, data, queries)
     sql_hot(port, auditor, n, runs)
     return auditor
+
+
+def floor_search_row(bin_dir, data, queries):
+    """The same 200 queries against `verbatim-loadgen floor`: an HTTP answer
+    that waits only for one durable audit record (append + fdatasync on the
+    worker that took the request; no token, no search, no bodies). What any
+    server that makes each read's audit record durable first pays here."""
+    floor_dir = os.path.join(os.path.dirname(data), "verbatim-floor")
+    shutil.rmtree(floor_dir, ignore_errors=True)
+    floor = subprocess.Popen([os.path.join(bin_dir, "verbatim-loadgen"), "floor", "--dir", floor_dir],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(floor.stdout.readline())
+        with Step("floor FTS 200q") as stp:
+            out = subprocess.run([os.path.join(bin_dir, "verbatim-loadgen"), "query", "--url", f"http://127.0.0.1:{port}",
+                                  "--token", "none", "--queries", queries, "--clients", "1", "--passes", "3", "--limit", "100"],
+                                 check=True, capture_output=True, text=True).stdout
+    finally:
+        floor.send_signal(signal.SIGTERM)
+        floor.wait(timeout=30)
+    shutil.rmtree(floor_dir, ignore_errors=True)
+    r = json.loads(out)
+    print(f"floor (HTTP answer after one durable audit record, no search): p50 {r['p50_ms']:.3f} ms p99 {r['p99_ms']:.3f} ms", flush=True)
+    emit(peer="floor", what="the 200 queries' requests answered empty after one append + fdatasync each (warm, 1 client)",
+         p50_ms=r["p50_ms"], p99_ms=r["p99_ms"], mean_ms=r["mean_ms"], load=stp.load, note="3 timed passes pooled; 1 warm-up")
 
 
 def run(bin_dir, lines, batch, clients, runs):
