@@ -11,9 +11,9 @@ EVENTS="${EVENTS:-300000}"
 cargo build --release --bins -q
 BIN="${CARGO_TARGET_DIR:-target}/release"
 W="$(mktemp -d "${BENCH_DIR:-/tmp}/verbatim-ingest-bench.XXXXXX")"
-SERVER_PID= FLOOR_PID=
+SERVER_PID= FLOOR_PID= FLOORW_PID=
 # Ends only what this script started, by PID.
-trap 'for p in $SERVER_PID $FLOOR_PID; do kill -TERM "$p" 2>/dev/null || true; done; rm -rf "$W"' EXIT
+trap 'for p in $SERVER_PID $FLOOR_PID $FLOORW_PID; do kill -TERM "$p" 2>/dev/null || true; done; rm -rf "$W"' EXIT
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 URL="http://127.0.0.1:$PORT"
 
@@ -45,21 +45,27 @@ ROUNDS="${ROUNDS:-8}"
 # Beside each Verbatim window runs one of the floor (`verbatim-loadgen floor`:
 # the body appended and fdatasynced on the worker that took the request,
 # nothing else) at the same load, so the ratio Verbatim reaches can be read
-# against the ratio no server on this machine can beat. The windows
-# alternate: probe, Verbatim, probe, floor, probe; each is set against the
-# probes on either side of it.
+# against the ratio no server on this machine can beat, and one of the floor
+# with a writer thread (`--writer-thread`: the hand-offs of Verbatim's ack
+# path and nothing else of it). The windows alternate: probe, Verbatim,
+# probe, floor, probe, floor+writer, probe; each is set against the probes
+# on either side of it.
 echo
-echo "moderate load: 1 client, paced; $ROUNDS rounds of 3 s windows, Verbatim and the floor alternating between paced fdatasync probes (512 B) at the same request rate"
-printf '%-8s %-9s %-8s %-6s %9s %9s %9s %9s %9s %9s %8s\n' batch events/s server round "p50 before" "p99 before" "p99 after" "ack p50" "ack p99" "p99.9" "÷sync p99"
+echo "moderate load: 1 client, paced; $ROUNDS rounds of 3 s windows, Verbatim, the floor and the floor with a writer thread alternating between paced fdatasync probes (512 B) at the same request rate"
+printf '%-8s %-9s %-12s %-6s %9s %9s %9s %9s %9s %9s %8s\n' batch events/s server round "p50 before" "p99 before" "p99 after" "ack p50" "ack p99" "p99.9" "÷sync p99"
 for spec in "1 1000" "10 10000"; do
   read -r batch rate <<<"$spec"
-  D="$W/data-paced-$batch"; rm -rf "$D" "$W/lg-$batch" "$W/lgf-$batch"; mkdir -p "$W/lg-$batch" "$W/lgf-$batch"
+  D="$W/data-paced-$batch"; rm -rf "$D" "$W/lg-$batch" "$W/lgf-$batch" "$W/lgw-$batch"; mkdir -p "$W/lg-$batch" "$W/lgf-$batch" "$W/lgw-$batch"
   TOKEN=$("$BIN/verbatim" --data-dir "$D" token create --role ingest --sources 'loadgen-*')
   start_server "$D"
+  rm -f "$W/floor.port" "$W/floorw.port"
   "$BIN/verbatim-loadgen" floor --dir "$D/floor" > "$W/floor.port" 2>"$W/floor.log" &
   FLOOR_PID=$!
-  for _ in $(seq 100); do [ -s "$W/floor.port" ] && break; sleep 0.1; done
+  "$BIN/verbatim-loadgen" floor --writer-thread --dir "$D/floorw" > "$W/floorw.port" 2>"$W/floorw.log" &
+  FLOORW_PID=$!
+  for _ in $(seq 100); do [ -s "$W/floor.port" ] && [ -s "$W/floorw.port" ] && break; sleep 0.1; done
   FLOOR_URL="http://127.0.0.1:$(head -1 "$W/floor.port")"
+  FLOORW_URL="http://127.0.0.1:$(head -1 "$W/floorw.port")"
   : > "$W/rounds-$batch"
   for r in $(seq "$ROUNDS"); do
     F=$(python3 tools/fsync_probe.py "$D" 512 "$((rate / batch))")
@@ -67,24 +73,26 @@ for spec in "1 1000" "10 10000"; do
     G=$(python3 tools/fsync_probe.py "$D" 512 "$((rate / batch))")
     T=$("$BIN/verbatim-loadgen" run --url "$FLOOR_URL" --token none --clients 1 --batch "$batch" --rate "$rate" --seconds 3 --state "$W/lgf-$batch")
     H=$(python3 tools/fsync_probe.py "$D" 512 "$((rate / batch))")
-    printf "%s\t%s\t%s\t%s\t%s\t%s\n" "$r" "$F" "$S" "$G" "$T" "$H" >> "$W/rounds-$batch"
+    U=$("$BIN/verbatim-loadgen" run --url "$FLOORW_URL" --token none --clients 1 --batch "$batch" --rate "$rate" --seconds 3 --state "$W/lgw-$batch")
+    I=$(python3 tools/fsync_probe.py "$D" 512 "$((rate / batch))")
+    printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n" "$r" "$F" "$S" "$G" "$T" "$H" "$U" "$I" >> "$W/rounds-$batch"
   done
-  kill -TERM "$FLOOR_PID"; wait "$FLOOR_PID" || true; FLOOR_PID=
+  kill -TERM "$FLOOR_PID" "$FLOORW_PID"; wait "$FLOOR_PID" "$FLOORW_PID" || true; FLOOR_PID= FLOORW_PID=
   stop_server
   python3 - "$batch" "$rate" "$W/rounds-$batch" <<'PY'
 import json, statistics, sys
 batch, rate, path = sys.argv[1], sys.argv[2], sys.argv[3]
-ratios = {"verbatim": [], "floor": []}
+ratios = {"verbatim": [], "floor": [], "floor+writer": []}
 for line in open(path):
-    r, f, s, g, t, h = line.rstrip("\n").split("\t")
-    f, g, h = json.loads(f), json.loads(g), json.loads(h)
-    for name, window, before, after in (("verbatim", s, f, g), ("floor", t, g, h)):
+    r, f, s, g, t, h, u, i = line.rstrip("\n").split("\t")
+    f, g, h, i = json.loads(f), json.loads(g), json.loads(h), json.loads(i)
+    for name, window, before, after in (("verbatim", s, f, g), ("floor", t, g, h), ("floor+writer", u, h, i)):
         a = json.loads(window)["ack_ms"]
         ratios[name].append(a["p99"] / ((before["p99_ms"] + after["p99_ms"]) / 2))
-        print(f"{batch:<8} {rate:<9} {name:<8} {r:<6} {before['p50_ms']:>7.3f}ms {before['p99_ms']:>8.3f}ms {after['p99_ms']:>8.3f}ms "
+        print(f"{batch:<8} {rate:<9} {name:<12} {r:<6} {before['p50_ms']:>7.3f}ms {before['p99_ms']:>8.3f}ms {after['p99_ms']:>8.3f}ms "
               f"{a['p50']:>7.3f}ms {a['p99']:>7.3f}ms {a['p999']:>7.3f}ms {ratios[name][-1]:>8.2f}")
 for name, rs in ratios.items():
-    print(f"{batch:<8} {rate:<9} {name:<8} median ack p99 ÷ the mean sync p99 of the probes before and after, over {len(rs)} windows: "
+    print(f"{batch:<8} {rate:<9} {name:<12} median ack p99 ÷ the mean sync p99 of the probes before and after, over {len(rs)} windows: "
           f"{statistics.median(rs):.2f} (windows at or under 2: {sum(x <= 2 for x in rs)})")
 PY
 done

@@ -6,11 +6,16 @@
 //! the 200, as an ack after fsync must. `GET /v1/search` appends a short
 //! record naming the query and `fdatasync`s it before answering an empty
 //! page, as a read whose audit record must be durable first must. Nothing
-//! else: no token, no parsing or validation, no encoding, no hand-off to a
-//! writer thread (the worker that took the request writes and syncs), no
-//! index. It runs on axum and tokio, Verbatim's own
-//! HTTP stack, with the runtime Verbatim uses (one worker per core) unless
-//! `--workers` says otherwise.
+//! else: no token, no parsing or validation, no encoding, no index, and no
+//! hand-off (the worker that took the request writes and syncs). It runs on
+//! axum and tokio, Verbatim's own HTTP stack, with the runtime Verbatim uses
+//! (one worker per core) unless `--workers` says otherwise.
+//!
+//! `--writer-thread` adds back one thing Verbatim's ack path has and the
+//! floor leaves out: the request hands its bytes to a single writer thread
+//! (a `sync_channel` in, a oneshot back, as the log's writer does), so a
+//! benchmark can tell the hand-offs' share of the latency.
+//!
 //! It is a lower bound for this endpoint's latency, not a server: it keeps
 //! nothing a restart could read back as an archive.
 
@@ -39,6 +44,10 @@ pub struct FloorArgs {
     /// Tokio worker threads (default: one per core, as Verbatim's runtime).
     #[arg(long)]
     workers: Option<usize>,
+    /// Write and sync on one writer thread, reached by a channel, instead of
+    /// on the request's worker.
+    #[arg(long)]
+    writer_thread: bool,
 }
 
 struct Appender {
@@ -47,23 +56,62 @@ struct Appender {
     next: u64,
 }
 
-type Shared = Arc<Mutex<Appender>>;
+/// Where a request's bytes go: appended on the request's worker, or handed
+/// to the writer thread with a oneshot for its answer.
+#[derive(Clone)]
+enum Shared {
+    Inline(Arc<Mutex<Appender>>),
+    Writer(std::sync::mpsc::SyncSender<Job>),
+}
+
+struct Job {
+    bytes: Bytes,
+    count: u64,
+    reply: tokio::sync::oneshot::Sender<std::io::Result<(u64, u64)>>,
+}
+
 /// The one refusal it gives: the append or the sync failed.
 type Refusal = (StatusCode, Json<Value>);
 
-/// Appends `bytes` and syncs them right on the worker that took the
-/// request; the offsets `count` records take. Blocking a tokio worker for a
-/// sync is what a server must not do and a floor may: with the one paced
-/// client the benchmarks use, nothing else waits for that worker, and
-/// `block_in_place` or a writer thread would add the hand-offs a floor is
-/// meant to leave out.
-fn append(shared: &Shared, bytes: &[u8], count: u64) -> std::io::Result<(u64, u64)> {
-    let mut a = shared.lock().expect("appender lock");
+/// Appends `bytes` and syncs them; the offsets `count` records take.
+fn append(a: &mut Appender, bytes: &[u8], count: u64) -> std::io::Result<(u64, u64)> {
     a.file.write_all(bytes)?;
     a.file.sync_data()?;
     let first = a.next;
     a.next += count;
     Ok((first, a.next))
+}
+
+/// Makes `bytes` durable the way `shared` says; the offsets `count` records
+/// take. Inline, the tokio worker that took the request blocks for the
+/// sync: what a server must not do and a floor may, since with the one
+/// paced client the benchmarks use nothing else waits for that worker, and
+/// `block_in_place` would add a hand-off of its own.
+async fn write(shared: &Shared, bytes: Bytes, count: u64) -> std::io::Result<(u64, u64)> {
+    match shared {
+        Shared::Inline(a) => append(&mut a.lock().expect("appender lock"), &bytes, count),
+        Shared::Writer(tx) => {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            let gone = || std::io::Error::other("the writer thread stopped");
+            tx.try_send(Job { bytes, count, reply }).map_err(|e| match e {
+                std::sync::mpsc::TrySendError::Full(_) => std::io::Error::other("the writer's queue is full"),
+                std::sync::mpsc::TrySendError::Disconnected(_) => gone(),
+            })?;
+            answer.await.map_err(|_| gone())?
+        }
+    }
+}
+
+/// Starts the writer thread, which owns the file from then on.
+fn writer_thread(mut a: Appender) -> std::sync::mpsc::SyncSender<Job> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(1024);
+    std::thread::spawn(move || {
+        while let Ok(job) = rx.recv() {
+            // A request that gave up no longer wants its answer.
+            let _ = job.reply.send(append(&mut a, &job.bytes, job.count));
+        }
+    });
+    tx
 }
 
 fn failed(e: std::io::Error) -> Refusal {
@@ -72,14 +120,14 @@ fn failed(e: std::io::Error) -> Refusal {
 
 async fn events(State(s): State<Shared>, body: Bytes) -> Result<Json<Value>, Refusal> {
     let count = body.split(|&b| b == b'\n').filter(|l| !l.is_empty()).count() as u64;
-    let (first, end) = append(&s, &body, count).map_err(failed)?;
+    let (first, end) = write(&s, body, count).await.map_err(failed)?;
     Ok(Json(json!({"accepted": count, "duplicates": 0, "first_offset": first, "last_offset": end.saturating_sub(1)})))
 }
 
 async fn search(State(s): State<Shared>, RawQuery(q): RawQuery) -> Result<Json<Value>, Refusal> {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
     let record = format!("{now}\tsearch\t{}\n", q.unwrap_or_default());
-    append(&s, record.as_bytes(), 0).map_err(failed)?;
+    write(&s, Bytes::from(record), 0).await.map_err(failed)?;
     Ok(Json(json!({"hits": [], "total": 0, "next_cursor": null})))
 }
 
@@ -89,7 +137,12 @@ pub fn floor(a: &FloorArgs) -> anyhow::Result<()> {
     let path = a.dir.join("floor.append");
     let file = OpenOptions::new().create(true).write(true).truncate(true).open(&path)?;
     File::open(&a.dir)?.sync_all()?;
-    let shared: Shared = Arc::new(Mutex::new(Appender { file, next: 0 }));
+    let appender = Appender { file, next: 0 };
+    let shared = if a.writer_thread {
+        Shared::Writer(writer_thread(appender))
+    } else {
+        Shared::Inline(Arc::new(Mutex::new(appender)))
+    };
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/v1/events", post(events))
