@@ -10,7 +10,7 @@
 //! verbatim-loadgen gen   --events N [--clients 1] [--seed 42]      (NDJSON on stdout)
 //! verbatim-loadgen query --url URL --token T --queries FILE [--clients 1] [--passes 3]
 //! verbatim-loadgen probe --url URL --ingest-token T --token T [--probes 100]
-//! verbatim-loadgen floor --dir DIR [--listen 127.0.0.1:0] [--workers N]
+//! verbatim-loadgen floor --dir DIR [--listen 127.0.0.1:0] [--workers N] [--writer-thread]
 //! ```
 //! `query` times `GET /v1/search` (bodies included) per request; `probe`
 //! measures time to searchable: from the ack of an event carrying a unique
