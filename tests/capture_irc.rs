@@ -80,7 +80,7 @@ fn proxy_to(servers: &str, source: &str, token: &str, spool: &Path, ircd: Socket
 /// An `ii` client: a FIFO to type into, files of what it received.
 struct Ii {
     host: PathBuf,
-    _peer: Peer,
+    peer: Peer,
 }
 
 impl Ii {
@@ -93,7 +93,7 @@ impl Ii {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         let peer = Peer::spawn(&format!("ii {nick}"), &mut cmd);
-        let ii = Ii { host: base.join(addr.ip().to_string()), _peer: peer };
+        let ii = Ii { host: base.join(addr.ip().to_string()), peer };
         wait_until(30, &format!("{nick} to register"), || {
             ii.read("out").contains("Welcome to the Internet Relay Network")
         });
@@ -116,11 +116,34 @@ impl Ii {
             Some(d) => self.host.join(d).join("in"),
             None => self.host.join("in"),
         };
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
-            .open(&fifo)?;
-        f.write_all(format!("{line}\n").as_bytes())
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+                .open(&fifo)
+            {
+                Ok(mut f) => return f.write_all(format!("{line}\n").as_bytes()),
+                // ii closes its FIFO after each line it reads and opens it
+                // again; in between there is no reader, and a non-blocking
+                // open for writing fails with ENXIO. Wait that out while ii
+                // lives; once it has exited, the error stands.
+                Err(e)
+                    if e.raw_os_error() == Some(rustix::io::Errno::NXIO.raw_os_error())
+                        && self.alive()
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Whether the ii process is still running (not exited, not a zombie).
+    fn alive(&self) -> bool {
+        std::fs::read_to_string(format!("/proc/{}/stat", self.peer.child.id()))
+            .is_ok_and(|stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
     }
 
     fn join(&self, channel: &str) {
