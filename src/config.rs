@@ -268,6 +268,18 @@ impl Config {
             self.rollup.keep_compacted_ms,
             self.sql.timeout_ms
         );
+        anyhow::ensure!(
+            self.index.max_idle_lag_ms > self.index.commit_interval_ms,
+            "index.max_idle_lag_ms ({}) must exceed index.commit_interval_ms ({}): the index lags by up to a commit interval by design",
+            self.index.max_idle_lag_ms,
+            self.index.commit_interval_ms
+        );
+        anyhow::ensure!(
+            self.rollup.max_idle_lag_ms > self.rollup.interval_ms,
+            "rollup.max_idle_lag_ms ({}) must exceed rollup.interval_ms ({}): the rollups lag by up to an interval by design",
+            self.rollup.max_idle_lag_ms,
+            self.rollup.interval_ms
+        );
         // A record's encoding is bounded by its strings (never more than the
         // JSON that carried them), the site, and ten bytes per varint.
         let worst = i.max_decoded_bytes + i.max_batch_events * PER_EVENT_OVERHEAD;
@@ -335,6 +347,12 @@ mod tests {
         assert_eq!(c.limits.max_body_bytes, 10);
         assert!(Config::from_toml("[capacity]\nretention_days = 0").is_err());
         assert!(Config::from_toml("[capacity]\nretention_days = \"7y\"").is_err());
+        let e = Config::from_toml("[index]\nmax_idle_lag_ms = 1000").expect_err("a lag the commit interval makes");
+        assert!(format!("{e:#}").contains("index.max_idle_lag_ms"), "{e:#}");
+        let e = Config::from_toml("[rollup]\ninterval_ms = 20000").expect_err("a lag the interval makes");
+        assert!(format!("{e:#}").contains("rollup.max_idle_lag_ms"), "{e:#}");
+        let c = Config::from_toml("[index]\nidle_priority = false\nmax_idle_lag_ms = 2000").expect("valid");
+        assert!(!c.index.idle_priority);
         let c = Config::from_toml("[capacity]\nretention_days = 2557").expect("valid");
         assert_eq!(c.capacity.retention_days, Some(2557.0));
     }

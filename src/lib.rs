@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod background;
 pub mod cli;
 pub mod config;
 pub mod http;

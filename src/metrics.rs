@@ -56,6 +56,10 @@ pub struct IndexMetrics {
     pub reconciliations: Counter,
     pub reconcile_failures: Counter,
     pub consistent: Gauge,
+    /// 1 while the indexer runs at normal priority, 0 at idle priority.
+    pub normal_priority: Gauge,
+    /// Times the indexer fell behind and was raised to normal priority.
+    pub priority_raised: Counter,
     pub searches: Counter,
     pub search_seconds: Histogram,
     pub transcripts: Counter,
@@ -80,6 +84,8 @@ impl Default for IndexMetrics {
             reconciliations: Counter::default(),
             reconcile_failures: Counter::default(),
             consistent,
+            normal_priority: Gauge::default(),
+            priority_raised: Counter::default(),
             searches: Counter::default(),
             search_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 18)),
             transcripts: Counter::default(),
@@ -95,6 +101,10 @@ impl Default for IndexMetrics {
 pub struct RollupMetrics {
     pub watermark: Gauge,
     pub lag_events: Gauge,
+    /// 1 while the rollup writer runs at normal priority, 0 at idle priority.
+    pub normal_priority: Gauge,
+    /// Times the rollup writer fell behind and was raised to normal priority.
+    pub priority_raised: Counter,
     pub files: Gauge,
     pub bytes: Gauge,
     pub batches: Counter,
@@ -113,6 +123,8 @@ impl Default for RollupMetrics {
         Self {
             watermark: Gauge::default(),
             lag_events: Gauge::default(),
+            normal_priority: Gauge::default(),
+            priority_raised: Counter::default(),
             files: Gauge::default(),
             bytes: Gauge::default(),
             batches: Counter::default(),
@@ -241,6 +253,16 @@ impl Metrics {
             "1 while the last check found the index matching the log, else 0",
             i.consistent.clone(),
         );
+        r.register(
+            "index_normal_priority",
+            "1 while the indexer runs at normal priority (behind the log), 0 at idle priority",
+            i.normal_priority.clone(),
+        );
+        r.register(
+            "index_priority_raised",
+            "Times the indexer fell behind and was raised to normal priority",
+            i.priority_raised.clone(),
+        );
         r.register("searches", "Searches answered", i.searches.clone());
         r.register("search_seconds", "Time to answer a search, bodies included", i.search_seconds.clone());
         r.register("transcripts", "Conversation transcripts answered", i.transcripts.clone());
@@ -261,6 +283,16 @@ impl Metrics {
             "rollup_lag_events",
             "Durable records not yet rolled up (SQL reads them from the log)",
             u.lag_events.clone(),
+        );
+        r.register(
+            "rollup_normal_priority",
+            "1 while the rollup writer runs at normal priority (behind the log), 0 at idle priority",
+            u.normal_priority.clone(),
+        );
+        r.register(
+            "rollup_priority_raised",
+            "Times the rollup writer fell behind and was raised to normal priority",
+            u.priority_raised.clone(),
         );
         r.register("rollup_files", "Parquet files in the rollup manifest", u.files.clone());
         r.register("rollup_bytes", "Bytes of the Parquet files in the manifest", u.bytes.clone());

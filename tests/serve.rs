@@ -61,3 +61,49 @@ fn zero_config_uses_the_documented_defaults() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("verbatim-data/log"), "{}", stderr(&out));
 }
+
+/// Each thread of `pid`: its name and scheduling policy (0 normal, 5 idle),
+/// from /proc.
+fn thread_policies(pid: u32) -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks").flatten() {
+        let (Ok(comm), Ok(stat)) =
+            (std::fs::read_to_string(t.path().join("comm")), std::fs::read_to_string(t.path().join("stat")))
+        else {
+            continue; // the thread ended meanwhile
+        };
+        // Fields after the parenthesised name; policy is field 41 of stat.
+        let rest = &stat[stat.rfind(')').expect("stat") + 2..];
+        let policy = rest.split(' ').nth(38).expect("policy").parse().expect("number");
+        out.push((comm.trim().to_string(), policy));
+    }
+    out
+}
+
+#[test]
+fn derived_stores_run_at_idle_priority_and_the_ack_path_does_not() {
+    const IDLE: u32 = 5;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    let server = Server::start(&data);
+    let token = create_token(&data, "ingest", Some("s"));
+    let body = r#"{"source":"s","seq":1,"network":"irc","kind":"message","ts":"2026-11-22T10:00:00Z","from":"a","to":["b"],"body":"hi"}"#;
+    assert_eq!(server.post_events(&token, body.as_bytes()).expect("post").0, 200);
+    let pid = server.child.id();
+    let mut threads = Vec::new();
+    wait_until(20, "the indexer, tantivy's threads and the rollup writer at idle priority", || {
+        threads = thread_policies(pid);
+        let idle = |name: &str| threads.iter().any(|(n, p)| n.starts_with(name) && *p == IDLE);
+        idle("indexer-idle") && idle("thrd-tantivy") && idle("rollup-idle")
+    });
+    for (name, policy) in &threads {
+        if ["tokio-rt-worker", "log-writer"].iter().any(|n| name.starts_with(n)) {
+            assert_ne!(*policy, IDLE, "{name} is on the ack or read path: {threads:?}");
+        }
+        if name.starts_with("thrd-tantivy") || name.starts_with("merge_thread") {
+            assert_eq!(*policy, IDLE, "{name} is the index's: {threads:?}");
+        }
+    }
+    let (status, err) = server.stop();
+    assert!(status.success(), "server exit {status}: {err}");
+}

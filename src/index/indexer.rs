@@ -16,6 +16,7 @@ use tracing::{error, info, warn};
 use verbatim_schema::{Offset, UnixNanos};
 
 use super::{committed_watermark, document, payload, Fields, IndexConfig};
+use crate::background::{self, BackgroundConfig, Exit, Mode};
 use crate::log::LogReader;
 use crate::metrics::IndexMetrics;
 
@@ -219,6 +220,8 @@ pub struct Indexer {
 const CHUNK: usize = 20_000;
 const POLL: Duration = Duration::from_millis(10);
 const RETRY: Duration = Duration::from_secs(1);
+/// How often the indexer looks at its lag between commits.
+const LAG_CHECK: Duration = Duration::from_millis(250);
 
 impl Indexer {
     pub fn start(index: Arc<SearchIndex>, log: LogReader, config: IndexConfig) -> anyhow::Result<Self> {
@@ -245,9 +248,34 @@ impl Indexer {
 }
 
 fn run(index: &SearchIndex, log: &LogReader, config: &IndexConfig, stop: &AtomicBool) {
+    let bg = config.background();
+    index.metrics.normal_priority.set(i64::from(!bg.idle_priority));
+    background::supervise(
+        "indexer",
+        &bg,
+        |mode| run_at(index, log, config, &bg, stop, mode),
+        |mode| {
+            index.metrics.normal_priority.set(i64::from(mode != Mode::Idle));
+            if mode == Mode::CatchingUp {
+                index.metrics.priority_raised.inc();
+            }
+        },
+    );
+}
+
+/// Indexes at `mode`'s priority until stopped or until the lag asks for
+/// the other priority; restarts the writer after a failure.
+fn run_at(
+    index: &SearchIndex,
+    log: &LogReader,
+    config: &IndexConfig,
+    bg: &BackgroundConfig,
+    stop: &AtomicBool,
+    mode: Mode,
+) -> Exit {
     loop {
-        match run_writer(index, log, config, stop) {
-            Ok(()) => return,
+        match run_writer(index, log, config, bg, stop, mode) {
+            Ok(exit) => return exit,
             Err(e) => {
                 error!("indexer failed, restarting from the last commit: {e:#}");
                 index.metrics.errors.inc();
@@ -255,7 +283,7 @@ fn run(index: &SearchIndex, log: &LogReader, config: &IndexConfig, stop: &Atomic
                 let until = Instant::now() + RETRY;
                 while Instant::now() < until {
                     if stop.load(Ordering::SeqCst) {
-                        return;
+                        return Exit::Stopped;
                     }
                     std::thread::sleep(POLL);
                 }
@@ -264,7 +292,15 @@ fn run(index: &SearchIndex, log: &LogReader, config: &IndexConfig, stop: &Atomic
     }
 }
 
-fn run_writer(index: &SearchIndex, log: &LogReader, config: &IndexConfig, stop: &AtomicBool) -> anyhow::Result<()> {
+fn run_writer(
+    index: &SearchIndex,
+    log: &LogReader,
+    config: &IndexConfig,
+    bg: &BackgroundConfig,
+    stop: &AtomicBool,
+    mode: Mode,
+) -> anyhow::Result<Exit> {
+    // Tantivy's indexing and merging threads start here, at this thread's priority.
     let mut writer: IndexWriter<TantivyDocument> =
         index.index.writer_with_num_threads(config.writer_threads.max(1), config.writer_memory_mb.max(16) << 20)?;
     // Anything added but not committed before a failure is gone with the old writer.
@@ -274,14 +310,18 @@ fn run_writer(index: &SearchIndex, log: &LogReader, config: &IndexConfig, stop: 
     let reconcile_every = Duration::from_secs(config.reconcile_interval_secs.max(1));
     let mut last_commit = Instant::now();
     let mut last_reconcile: Option<Instant> = None;
+    let mut last_lag_check = Instant::now();
+    // Set when the lag asks for the other priority: commit what was added, then switch.
+    let mut switching = false;
     loop {
         let stopping = stop.load(Ordering::SeqCst);
         let head = log.head();
         let before = pending;
-        if pending < head && !stopping {
+        if pending < head && !stopping && !switching {
             pending = add_from(&writer, &index.fields, log, pending, CHUNK)?;
         }
-        if pending > committed && (stopping || last_commit.elapsed() >= interval) {
+        let committing = pending > committed && (stopping || switching || last_commit.elapsed() >= interval);
+        if committing {
             let t = Instant::now();
             commit(&mut writer, pending)?;
             index.reader.reload()?;
@@ -311,7 +351,26 @@ fn run_writer(index: &SearchIndex, log: &LogReader, config: &IndexConfig, stop: 
         }
         if stopping && pending == committed {
             info!(watermark = %committed, "indexer stopped");
-            return Ok(());
+            return Ok(Exit::Stopped);
+        }
+        if switching && pending == committed {
+            return Ok(Exit::Switch);
+        }
+        // The lag is checked right after each commit, when an index that has
+        // caught up shows it, and on a timer between commits.
+        if committing || (mode != Mode::Normal && last_lag_check.elapsed() >= LAG_CHECK) {
+            last_lag_check = Instant::now();
+            let (_, seconds) = index.lag(log);
+            switching = bg.should_switch(mode, seconds);
+            if switching {
+                info!(
+                    lag_seconds = seconds,
+                    max_idle_lag_ms = bg.max_idle_lag_ms,
+                    ?mode,
+                    "index lag: switching priority"
+                );
+                continue;
+            }
         }
         if pending == before {
             std::thread::sleep(POLL);
@@ -368,6 +427,39 @@ mod tests {
         assert!(check(&[0, 1, 1, 3], 4, false).ok, "the count alone cannot see it: the scheduled check can");
         assert!(!check(&[0, 1, 2, 9], 4, true).ok, "an offset beyond the watermark");
         assert!(!check(&[1, 2, 0, 2], 4, true).ok);
+    }
+
+    #[test]
+    fn a_lagging_indexer_commits_then_asks_for_normal_priority_and_hands_it_back_once_caught_up() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let mut log = crate::log::Log::open(
+            Arc::new(crate::log::io::FsStorage),
+            &tmp.path().join("log"),
+            crate::log::LogConfig::default(),
+        )
+        .expect("log");
+        let records = (0..5).map(|_| record("irc", "a", "b", None, "hi", 1, 1)).collect();
+        log.append(&mut [records]).expect("append");
+        // The oldest record not yet indexed is now older than the lag allowed.
+        std::thread::sleep(Duration::from_millis(100));
+        let (index, fields) = crate::index::in_ram();
+        let ix = SearchIndex::new(index, fields, Arc::new(IndexMetrics::default()), 1).expect("index");
+        // No commit on the timer: only the switch commits.
+        let config = IndexConfig { commit_interval_ms: 600_000, ..IndexConfig::default() };
+        let bg = BackgroundConfig { idle_priority: true, max_idle_lag_ms: 50 };
+        let stop = AtomicBool::new(false);
+        let reader = log.reader();
+        let exit = run_writer(&ix, &reader, &config, &bg, &stop, Mode::Idle).expect("idle run");
+        assert_eq!(exit, Exit::Switch);
+        assert_eq!(ix.state().watermark, 5, "what was added is committed before the switch");
+        assert_eq!(committed_watermark(&ix.index).expect("wm"), Offset(5));
+        let started = Instant::now();
+        let exit = run_writer(&ix, &reader, &config, &bg, &stop, Mode::CatchingUp).expect("catching-up run");
+        assert_eq!(exit, Exit::Switch, "caught up: back to idle priority");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // At normal priority for good, only stopping ends a run.
+        stop.store(true, Ordering::SeqCst);
+        assert_eq!(run_writer(&ix, &reader, &config, &bg, &stop, Mode::Normal).expect("run"), Exit::Stopped);
     }
 
     #[test]

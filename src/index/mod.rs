@@ -27,6 +27,7 @@ use tantivy::{Index, TantivyDocument};
 use verbatim_schema::{Offset, Record};
 
 use self::tokenizer::{ChatTokenizer, BODY_TOKENIZER, ID_TOKENIZER};
+use crate::background::BackgroundConfig;
 
 /// `[index]`: the indexer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,11 +41,30 @@ pub struct IndexConfig {
     pub writer_threads: usize,
     /// How often the index is reconciled against the log (offsets counted).
     pub reconcile_interval_secs: u64,
+    /// Index at `SCHED_IDLE` while the index keeps up (ADR 0012).
+    pub idle_priority: bool,
+    /// Behind the log by more than this, index at normal priority until
+    /// back within a quarter of it.
+    pub max_idle_lag_ms: u64,
 }
 
 impl Default for IndexConfig {
     fn default() -> Self {
-        Self { commit_interval_ms: 1000, writer_memory_mb: 128, writer_threads: 1, reconcile_interval_secs: 300 }
+        let bg = BackgroundConfig::default();
+        Self {
+            commit_interval_ms: 1000,
+            writer_memory_mb: 128,
+            writer_threads: 1,
+            reconcile_interval_secs: 300,
+            idle_priority: bg.idle_priority,
+            max_idle_lag_ms: bg.max_idle_lag_ms,
+        }
+    }
+}
+
+impl IndexConfig {
+    pub fn background(&self) -> BackgroundConfig {
+        BackgroundConfig { idle_priority: self.idle_priority, max_idle_lag_ms: self.max_idle_lag_ms }
     }
 }
 

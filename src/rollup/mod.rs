@@ -62,6 +62,17 @@ pub struct RollupConfig {
     pub keep_compacted_ms: u64,
     /// zstd level of the Parquet pages.
     pub zstd_level: i32,
+    /// Roll up at `SCHED_IDLE` while the rollups keep up (ADR 0012).
+    pub idle_priority: bool,
+    /// Behind the log by more than this, roll up at normal priority until
+    /// back within a quarter of it. Above `interval_ms`, which is a lag by design.
+    pub max_idle_lag_ms: u64,
+}
+
+impl RollupConfig {
+    pub fn background(&self) -> crate::background::BackgroundConfig {
+        crate::background::BackgroundConfig { idle_priority: self.idle_priority, max_idle_lag_ms: self.max_idle_lag_ms }
+    }
 }
 
 impl Default for RollupConfig {
@@ -75,6 +86,8 @@ impl Default for RollupConfig {
             compact_target_rows: 2_000_000,
             keep_compacted_ms: 60_000,
             zstd_level: 3,
+            idle_priority: true,
+            max_idle_lag_ms: 15_000,
         }
     }
 }

@@ -18,6 +18,7 @@ use tracing::{error, info};
 use verbatim_schema::Offset;
 
 use super::{by_day, events_batch, events_schema, span_path, write_file, FileEntry, Manifest, RollupConfig, Rollups};
+use crate::background::{self, BackgroundConfig, Exit, Mode};
 use crate::log::LogReader;
 
 /// Rolls up one batch from the watermark: at most `config.max_batch_events`
@@ -253,6 +254,8 @@ pub struct RollupWriter {
 
 const POLL: Duration = Duration::from_millis(50);
 const RETRY: Duration = Duration::from_secs(1);
+/// How often the rollup writer looks at its lag between batches.
+const LAG_CHECK: Duration = Duration::from_millis(250);
 
 impl RollupWriter {
     pub fn start(rollups: Arc<Rollups>, log: LogReader, config: RollupConfig) -> anyhow::Result<Self> {
@@ -280,24 +283,72 @@ impl RollupWriter {
 }
 
 fn run(rollups: &Rollups, log: &LogReader, config: &RollupConfig, stop: &AtomicBool) {
+    let bg = config.background();
+    rollups.metrics.normal_priority.set(i64::from(!bg.idle_priority));
+    let mut state = RunState {
+        last: Instant::now(),
+        merged_away: VecDeque::new(),
+        // Compaction follows every batch, and runs once at start: the files may
+        // come from a crash between a batch and its compaction, or from a
+        // version that compacted otherwise.
+        compact_due: true,
+    };
+    background::supervise(
+        "rollup",
+        &bg,
+        |mode| run_at(rollups, log, config, &bg, stop, mode, &mut state),
+        |mode| {
+            rollups.metrics.normal_priority.set(i64::from(mode != Mode::Idle));
+            if mode == Mode::CatchingUp {
+                rollups.metrics.priority_raised.inc();
+            }
+        },
+    );
+    info!(watermark = %rollups.watermark(), "rollup stopped");
+}
+
+/// What the rollup loop keeps across its runs at either priority.
+struct RunState {
+    last: Instant,
+    /// Files merged away, with when: deleted once no query can still read them.
+    merged_away: VecDeque<(Instant, Vec<PathBuf>)>,
+    compact_due: bool,
+}
+
+/// Rolls up at `mode`'s priority until stopped or until the lag asks for
+/// the other priority.
+fn run_at(
+    rollups: &Rollups,
+    log: &LogReader,
+    config: &RollupConfig,
+    bg: &BackgroundConfig,
+    stop: &AtomicBool,
+    mode: Mode,
+    st: &mut RunState,
+) -> Exit {
     let interval = Duration::from_millis(config.interval_ms);
     let keep = Duration::from_millis(config.keep_compacted_ms);
-    let mut last = Instant::now();
-    // Files merged away, with when: deleted once no query can still read them.
-    let mut merged_away: VecDeque<(Instant, Vec<PathBuf>)> = VecDeque::new();
-    // Compaction follows every batch, and runs once at start: the files may
-    // come from a crash between a batch and its compaction, or from a
-    // version that compacted otherwise.
-    let mut compact_due = true;
+    let mut last_lag_check = Instant::now();
+    let mut rolled_up = false;
     while !stop.load(Ordering::SeqCst) {
-        while merged_away.front().is_some_and(|(at, _)| at.elapsed() >= keep) {
-            let (_, files) = merged_away.pop_front().expect("checked");
+        while st.merged_away.front().is_some_and(|(at, _)| at.elapsed() >= keep) {
+            let (_, files) = st.merged_away.pop_front().expect("checked");
             remove_files(&files);
         }
         let pending = log.head().0.saturating_sub(rollups.watermark().0);
         rollups.metrics.lag_events.set(pending as i64);
-        let due = pending >= config.max_pending_events || (pending > 0 && last.elapsed() >= interval);
-        if !due && !compact_due {
+        let due = pending >= config.max_pending_events || (pending > 0 && st.last.elapsed() >= interval);
+        // The lag is checked after each batch, when a writer that has caught
+        // up shows it, and on a timer between batches.
+        if std::mem::take(&mut rolled_up) || (mode != Mode::Normal && last_lag_check.elapsed() >= LAG_CHECK) {
+            last_lag_check = Instant::now();
+            let lag = lag_seconds(rollups, log);
+            if bg.should_switch(mode, lag) {
+                info!(lag_seconds = lag, max_idle_lag_ms = bg.max_idle_lag_ms, ?mode, "rollup lag: switching priority");
+                return Exit::Switch;
+            }
+        }
+        if !due && !st.compact_due {
             std::thread::sleep(POLL);
             continue;
         }
@@ -305,26 +356,38 @@ fn run(rollups: &Rollups, log: &LogReader, config: &RollupConfig, stop: &AtomicB
         let step = rolled.and_then(|n| {
             let gone = compact(rollups, config)?;
             if !gone.is_empty() {
-                merged_away.push_back((Instant::now(), gone));
+                st.merged_away.push_back((Instant::now(), gone));
             }
             Ok(n)
         });
         match step {
             Ok(n) => {
-                compact_due = false;
+                st.compact_due = false;
                 if n.is_some() {
-                    last = Instant::now();
+                    st.last = Instant::now();
+                    rolled_up = true;
                 }
             }
             Err(e) => {
-                compact_due = true;
+                st.compact_due = true;
                 error!("rollup failed, retrying from the manifest: {e:#}");
                 rollups.metrics.errors.inc();
                 std::thread::sleep(RETRY);
             }
         }
     }
-    info!(watermark = %rollups.watermark(), "rollup stopped");
+    Exit::Stopped
+}
+
+/// Age of the oldest record not yet rolled up, in seconds (0 when none).
+fn lag_seconds(rollups: &Rollups, log: &LogReader) -> f64 {
+    let watermark = rollups.watermark();
+    if watermark >= log.head() {
+        return 0.0;
+    }
+    log.get(watermark)
+        .map(|r| (verbatim_schema::UnixNanos::now().0.saturating_sub(r.received_at.0)).max(0) as f64 / 1e9)
+        .unwrap_or(0.0)
 }
 
 #[cfg(test)]
@@ -410,6 +473,30 @@ mod tests {
         let rollups = open(&dir);
         assert!(!stray.exists(), "unlisted files are removed on open");
         assert_eq!(listed_offsets(&dir, &rollups.manifest()), (0..1000).collect::<Vec<i64>>());
+    }
+
+    #[test]
+    fn a_lagging_rollup_writer_asks_for_normal_priority_and_hands_it_back_once_caught_up() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let records = (0..10u64).map(|i| record("irc", "alice", "bob", None, "hi", 1_700_000_000, i + 1)).collect();
+        let log = log_of(&tmp.path().join("log"), records);
+        std::thread::sleep(Duration::from_millis(100));
+        let rollups = open(&tmp.path().join("rollup"));
+        // Never due by the timer or the count: only the lag moves the writer.
+        let config = RollupConfig { interval_ms: 600_000, max_pending_events: 1_000_000, ..Default::default() };
+        let bg = BackgroundConfig { idle_priority: true, max_idle_lag_ms: 50 };
+        let stop = AtomicBool::new(false);
+        let mut st = RunState { last: Instant::now(), merged_away: VecDeque::new(), compact_due: false };
+        let reader = log.reader();
+        assert_eq!(run_at(&rollups, &reader, &config, &bg, &stop, Mode::Idle, &mut st), Exit::Switch);
+        assert_eq!(rollups.watermark(), Offset::ZERO);
+        // Still behind at normal priority: it rolls up (the interval has not
+        // passed, so only once due by count), so make it due now.
+        let config = RollupConfig { max_pending_events: 1, ..config };
+        assert_eq!(run_at(&rollups, &reader, &config, &bg, &stop, Mode::CatchingUp, &mut st), Exit::Switch);
+        assert_eq!(rollups.watermark(), Offset(10), "caught up before handing back");
+        stop.store(true, Ordering::SeqCst);
+        assert_eq!(run_at(&rollups, &reader, &config, &bg, &stop, Mode::Normal, &mut st), Exit::Stopped);
     }
 
     #[test]
