@@ -253,7 +253,7 @@ fn run(index: &SearchIndex, log: &LogReader, config: &IndexConfig, stop: &Atomic
     background::supervise(
         "indexer",
         &bg,
-        |mode| run_at(index, log, config, &bg, stop, mode),
+        |mode| Tail { index, log, config, bg, stop }.run_at(mode),
         |mode| {
             index.metrics.normal_priority.set(i64::from(mode != Mode::Idle));
             if mode == Mode::CatchingUp {
@@ -263,117 +263,116 @@ fn run(index: &SearchIndex, log: &LogReader, config: &IndexConfig, stop: &Atomic
     );
 }
 
-/// Indexes at `mode`'s priority until stopped or until the lag asks for
-/// the other priority; restarts the writer after a failure.
-fn run_at(
-    index: &SearchIndex,
-    log: &LogReader,
-    config: &IndexConfig,
-    bg: &BackgroundConfig,
-    stop: &AtomicBool,
-    mode: Mode,
-) -> Exit {
-    loop {
-        match run_writer(index, log, config, bg, stop, mode) {
-            Ok(exit) => return exit,
-            Err(e) => {
-                error!("indexer failed, restarting from the last commit: {e:#}");
-                index.metrics.errors.inc();
-                index.set(|st| st.error = Some(format!("{e:#}")));
-                let until = Instant::now() + RETRY;
-                while Instant::now() < until {
-                    if stop.load(Ordering::SeqCst) {
-                        return Exit::Stopped;
+/// What one run of the indexer works with.
+struct Tail<'a> {
+    index: &'a SearchIndex,
+    log: &'a LogReader,
+    config: &'a IndexConfig,
+    bg: BackgroundConfig,
+    stop: &'a AtomicBool,
+}
+
+impl Tail<'_> {
+    /// Indexes at `mode`'s priority until stopped or until the lag asks for
+    /// the other priority; restarts the writer after a failure.
+    fn run_at(&self, mode: Mode) -> Exit {
+        let &Tail { index, stop, .. } = self;
+        loop {
+            match self.run_writer(mode) {
+                Ok(exit) => return exit,
+                Err(e) => {
+                    error!("indexer failed, restarting from the last commit: {e:#}");
+                    index.metrics.errors.inc();
+                    index.set(|st| st.error = Some(format!("{e:#}")));
+                    let until = Instant::now() + RETRY;
+                    while Instant::now() < until {
+                        if stop.load(Ordering::SeqCst) {
+                            return Exit::Stopped;
+                        }
+                        std::thread::sleep(POLL);
                     }
-                    std::thread::sleep(POLL);
                 }
             }
         }
     }
-}
 
-fn run_writer(
-    index: &SearchIndex,
-    log: &LogReader,
-    config: &IndexConfig,
-    bg: &BackgroundConfig,
-    stop: &AtomicBool,
-    mode: Mode,
-) -> anyhow::Result<Exit> {
-    // Tantivy's indexing and merging threads start here, at this thread's priority.
-    let mut writer: IndexWriter<TantivyDocument> =
-        index.index.writer_with_num_threads(config.writer_threads.max(1), config.writer_memory_mb.max(16) << 20)?;
-    // Anything added but not committed before a failure is gone with the old writer.
-    let mut committed = committed_watermark(&index.index)?;
-    let mut pending = committed;
-    let interval = Duration::from_millis(config.commit_interval_ms);
-    let reconcile_every = Duration::from_secs(config.reconcile_interval_secs.max(1));
-    let mut last_commit = Instant::now();
-    let mut last_reconcile: Option<Instant> = None;
-    let mut last_lag_check = Instant::now();
-    // Set when the lag asks for the other priority: commit what was added, then switch.
-    let mut switching = false;
-    loop {
-        let stopping = stop.load(Ordering::SeqCst);
-        let head = log.head();
-        let before = pending;
-        if pending < head && !stopping && !switching {
-            pending = add_from(&writer, &index.fields, log, pending, CHUNK)?;
-        }
-        let committing = pending > committed && (stopping || switching || last_commit.elapsed() >= interval);
-        if committing {
-            let t = Instant::now();
-            commit(&mut writer, pending)?;
-            index.reader.reload()?;
-            index.metrics.commits.inc();
-            index.metrics.commit_seconds.observe(t.elapsed().as_secs_f64());
-            committed = pending;
-            last_commit = Instant::now();
-            let searcher = index.reader.searcher();
-            let deep = last_reconcile.is_none_or(|t| t.elapsed() >= reconcile_every);
-            let check = reconcile(&searcher, &index.fields, committed, deep);
-            if deep {
+    fn run_writer(&self, mode: Mode) -> anyhow::Result<Exit> {
+        let &Tail { index, log, config, bg, stop } = self;
+        // Tantivy's indexing and merging threads start here, at this thread's priority.
+        let mut writer: IndexWriter<TantivyDocument> =
+            index.index.writer_with_num_threads(config.writer_threads.max(1), config.writer_memory_mb.max(16) << 20)?;
+        // Anything added but not committed before a failure is gone with the old writer.
+        let mut committed = committed_watermark(&index.index)?;
+        let mut pending = committed;
+        let interval = Duration::from_millis(config.commit_interval_ms);
+        let reconcile_every = Duration::from_secs(config.reconcile_interval_secs.max(1));
+        let mut last_commit = Instant::now();
+        let mut last_reconcile: Option<Instant> = None;
+        let mut last_lag_check = Instant::now();
+        // Set when the lag asks for the other priority: commit what was added, then switch.
+        let mut switching = false;
+        loop {
+            let stopping = stop.load(Ordering::SeqCst);
+            let head = log.head();
+            let before = pending;
+            if pending < head && !stopping && !switching {
+                pending = add_from(&writer, &index.fields, log, pending, CHUNK)?;
+            }
+            let committing = pending > committed && (stopping || switching || last_commit.elapsed() >= interval);
+            if committing {
+                let t = Instant::now();
+                commit(&mut writer, pending)?;
+                index.reader.reload()?;
+                index.metrics.commits.inc();
+                index.metrics.commit_seconds.observe(t.elapsed().as_secs_f64());
+                committed = pending;
+                last_commit = Instant::now();
+                let searcher = index.reader.searcher();
+                let deep = last_reconcile.is_none_or(|t| t.elapsed() >= reconcile_every);
+                let check = reconcile(&searcher, &index.fields, committed, deep);
+                if deep {
+                    last_reconcile = Some(Instant::now());
+                }
+                report(index, &check);
+                index.set(|st| {
+                    st.watermark = committed.0;
+                    st.docs = check.docs;
+                    st.last_commit = Some(UnixNanos::now().to_rfc3339());
+                    st.last_reconciliation = Some(check);
+                    st.error = None;
+                });
+            } else if last_reconcile.is_none_or(|t| t.elapsed() >= reconcile_every) && pending == committed {
+                let check = reconcile(&index.reader.searcher(), &index.fields, committed, true);
                 last_reconcile = Some(Instant::now());
+                report(index, &check);
+                index.set(|st| st.last_reconciliation = Some(check));
             }
-            report(index, &check);
-            index.set(|st| {
-                st.watermark = committed.0;
-                st.docs = check.docs;
-                st.last_commit = Some(UnixNanos::now().to_rfc3339());
-                st.last_reconciliation = Some(check);
-                st.error = None;
-            });
-        } else if last_reconcile.is_none_or(|t| t.elapsed() >= reconcile_every) && pending == committed {
-            let check = reconcile(&index.reader.searcher(), &index.fields, committed, true);
-            last_reconcile = Some(Instant::now());
-            report(index, &check);
-            index.set(|st| st.last_reconciliation = Some(check));
-        }
-        if stopping && pending == committed {
-            info!(watermark = %committed, "indexer stopped");
-            return Ok(Exit::Stopped);
-        }
-        if switching && pending == committed {
-            return Ok(Exit::Switch);
-        }
-        // The lag is checked right after each commit, when an index that has
-        // caught up shows it, and on a timer between commits.
-        if committing || (mode != Mode::Normal && last_lag_check.elapsed() >= LAG_CHECK) {
-            last_lag_check = Instant::now();
-            let (_, seconds) = index.lag(log);
-            switching = bg.should_switch(mode, seconds);
-            if switching {
-                info!(
-                    lag_seconds = seconds,
-                    max_idle_lag_ms = bg.max_idle_lag_ms,
-                    ?mode,
-                    "index lag: switching priority"
-                );
-                continue;
+            if stopping && pending == committed {
+                info!(watermark = %committed, "indexer stopped");
+                return Ok(Exit::Stopped);
             }
-        }
-        if pending == before {
-            std::thread::sleep(POLL);
+            if switching && pending == committed {
+                return Ok(Exit::Switch);
+            }
+            // The lag is checked right after each commit, when an index that has
+            // caught up shows it, and on a timer between commits.
+            if committing || (mode != Mode::Normal && last_lag_check.elapsed() >= LAG_CHECK) {
+                last_lag_check = Instant::now();
+                let (_, seconds) = index.lag(log);
+                switching = bg.should_switch(mode, seconds);
+                if switching {
+                    info!(
+                        lag_seconds = seconds,
+                        max_idle_lag_ms = bg.max_idle_lag_ms,
+                        ?mode,
+                        "index lag: switching priority"
+                    );
+                    continue;
+                }
+            }
+            if pending == before {
+                std::thread::sleep(POLL);
+            }
         }
     }
 }
@@ -449,17 +448,18 @@ mod tests {
         let bg = BackgroundConfig { idle_priority: true, max_idle_lag_ms: 50 };
         let stop = AtomicBool::new(false);
         let reader = log.reader();
-        let exit = run_writer(&ix, &reader, &config, &bg, &stop, Mode::Idle).expect("idle run");
+        let tail = Tail { index: &ix, log: &reader, config: &config, bg, stop: &stop };
+        let exit = tail.run_writer(Mode::Idle).expect("idle run");
         assert_eq!(exit, Exit::Switch);
         assert_eq!(ix.state().watermark, 5, "what was added is committed before the switch");
         assert_eq!(committed_watermark(&ix.index).expect("wm"), Offset(5));
         let started = Instant::now();
-        let exit = run_writer(&ix, &reader, &config, &bg, &stop, Mode::CatchingUp).expect("catching-up run");
+        let exit = tail.run_writer(Mode::CatchingUp).expect("catching-up run");
         assert_eq!(exit, Exit::Switch, "caught up: back to idle priority");
         assert!(started.elapsed() < Duration::from_secs(5));
         // At normal priority for good, only stopping ends a run.
         stop.store(true, Ordering::SeqCst);
-        assert_eq!(run_writer(&ix, &reader, &config, &bg, &stop, Mode::Normal).expect("run"), Exit::Stopped);
+        assert_eq!(tail.run_writer(Mode::Normal).expect("run"), Exit::Stopped);
     }
 
     #[test]
