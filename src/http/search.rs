@@ -225,11 +225,11 @@ pub async fn get_search(
             .audit
             .submit(&who, AuditEntry { endpoint: "search".into(), query, results: n as u64 })
             .map(|durable| Box::pin(durable) as Durable);
-        // The audit writer, just woken, is often queued on this CPU (the
-        // scheduler places a wakee beside its waker) and would wait out the
-        // render before it could start its write and fdatasync. Yielding
-        // once lets it issue them first; it then sleeps in the sync and the
-        // render goes on. Measured: the handler saw the record durable
+        // The audit writer, just woken, is likely queued on this CPU (the
+        // scheduler tends to place a wakee beside its waker) and would wait
+        // out the render before it could start its write and fdatasync.
+        // Yielding once lets it issue them first; it then sleeps in the sync
+        // and the render goes on. Measured: the handler saw the record durable
         // 0.21-0.31 ms after the render ended at p50 without this, 0.10-0.13
         // ms with it (docs/benchmarks.md, 2026-12-07).
         std::thread::yield_now();
