@@ -539,7 +539,7 @@ fn stats(config: &Config, dir: &Path, json: bool) -> anyhow::Result<()> {
         );
         println!("events        {}", s.events);
         println!("blocks        {}", s.blocks);
-        println!("bytes on disk {}", s.file_bytes);
+        println!("data bytes    {}", s.file_bytes);
         println!("record bytes  {}", s.raw_bytes);
         println!("compression   {:.2}x", s.compression_ratio);
         println!("bytes/event   {:.1}", s.bytes_per_event);

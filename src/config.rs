@@ -253,6 +253,7 @@ impl Config {
             cap / 2
         );
         anyhow::ensure!(l.queue_depth >= 1, "log.queue_depth must be at least 1");
+        anyhow::ensure!(l.preallocate_bytes <= 1 << 30, "log.preallocate_bytes must be at most 1 GiB (0 turns it off)");
         let i = &self.ingest;
         anyhow::ensure!(
             i.max_body_bytes >= 1024 && i.max_decoded_bytes >= i.max_body_bytes,

@@ -6,16 +6,24 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// A file open for appending.
 pub trait AppendFile: Send {
+    /// Writes `data` at the end of what was appended so far: over the zeros
+    /// [`AppendFile::reserve`] left there, or past the end of the file.
     fn append(&mut self, data: &[u8]) -> io::Result<()>;
     /// `fdatasync`: data and the size needed to read it back are durable.
     fn sync_data(&mut self) -> io::Result<()>;
+    /// Extends the file with zeros to `len` bytes (if it is shorter) and
+    /// syncs it. Appends into that region then overwrite blocks the file
+    /// system has already allocated and recorded, so their `fdatasync` has
+    /// no new size or extent to journal; the zeros after the last append
+    /// are not data (`docs/format.md`, "Preallocation").
+    fn reserve(&mut self, len: u64) -> io::Result<()>;
 }
 
 /// A file open for positioned reads, shareable between threads.
@@ -74,15 +82,47 @@ pub fn read_all(file: &dyn ReadAt) -> io::Result<Vec<u8>> {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct FsStorage;
 
-struct FsAppend(File);
+/// Writes by position (`pwrite`), not `O_APPEND`: an append may land in
+/// zeros reserved ahead of it.
+struct FsAppend {
+    file: File,
+    /// Where the next append goes.
+    end: u64,
+    /// The file's length (`end` plus any reserved zeros).
+    len: u64,
+}
+
+impl FsAppend {
+    fn new(file: File) -> io::Result<Self> {
+        let len = file.metadata()?.len();
+        Ok(Self { file, end: len, len })
+    }
+}
+
+/// Zeros written at a time when reserving.
+static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
 
 impl AppendFile for FsAppend {
     fn append(&mut self, data: &[u8]) -> io::Result<()> {
-        self.0.write_all(data)
+        self.file.write_all_at(data, self.end)?;
+        self.end += data.len() as u64;
+        self.len = self.len.max(self.end);
+        Ok(())
     }
 
     fn sync_data(&mut self) -> io::Result<()> {
-        self.0.sync_data()
+        self.file.sync_data()
+    }
+
+    fn reserve(&mut self, len: u64) -> io::Result<()> {
+        // Real zeros, not `fallocate`: an unwritten extent would be
+        // converted, and journalled, by the first append into it.
+        while self.len < len {
+            let n = (len - self.len).min(ZEROS.len() as u64) as usize;
+            self.file.write_all_at(&ZEROS[..n], self.len)?;
+            self.len += n as u64;
+        }
+        self.file.sync_data()
     }
 }
 
@@ -115,13 +155,13 @@ impl Storage for FsStorage {
     }
 
     fn create(&self, path: &Path) -> io::Result<Box<dyn AppendFile>> {
-        let f = OpenOptions::new().append(true).create_new(true).open(path)?;
-        Ok(Box::new(FsAppend(f)))
+        let f = OpenOptions::new().write(true).create_new(true).open(path)?;
+        Ok(Box::new(FsAppend::new(f)?))
     }
 
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn AppendFile>> {
-        let f = OpenOptions::new().append(true).open(path)?;
-        Ok(Box::new(FsAppend(f)))
+        let f = OpenOptions::new().write(true).open(path)?;
+        Ok(Box::new(FsAppend::new(f)?))
     }
 
     fn open_read(&self, path: &Path) -> io::Result<Arc<dyn ReadAt>> {
@@ -159,6 +199,10 @@ struct Inode {
     /// Bytes known durable; always a prefix of `data` since files only grow
     /// by appends and shrink by (synced) truncation.
     synced: usize,
+    /// The bytes inside `synced` overwritten since the last sync, as a
+    /// range: appends into reserved zeros. A crash may keep any prefix of
+    /// them; the rest read as the zeros again.
+    dirty: Option<(usize, usize)>,
     readonly: bool,
 }
 
@@ -215,6 +259,15 @@ fn not_found(path: &Path) -> io::Error {
 struct MemAppend {
     inode: Arc<Mutex<Inode>>,
     storage: MemStorage,
+    /// Where the next append goes.
+    end: usize,
+}
+
+impl MemAppend {
+    fn new(inode: Arc<Mutex<Inode>>, storage: MemStorage) -> Self {
+        let end = lock(&inode).data.len();
+        Self { inode, storage, end }
+    }
 }
 
 impl AppendFile for MemAppend {
@@ -224,8 +277,28 @@ impl AppendFile for MemAppend {
         if ino.readonly {
             return Err(io::Error::new(io::ErrorKind::PermissionDenied, "read-only file"));
         }
-        ino.data.extend_from_slice(data);
+        let end = self.end.min(ino.data.len());
+        if end < ino.synced && !data.is_empty() {
+            let to = (end + data.len()).min(ino.synced);
+            ino.dirty = Some(ino.dirty.map_or((end, to), |(a, b)| (a.min(end), b.max(to))));
+        }
+        let over = (ino.data.len() - end).min(data.len());
+        ino.data[end..end + over].copy_from_slice(&data[..over]);
+        ino.data.extend_from_slice(&data[over..]);
+        self.end = end + data.len();
         Ok(())
+    }
+
+    fn reserve(&mut self, len: u64) -> io::Result<()> {
+        lock(&self.storage.state).step()?;
+        {
+            let mut ino = lock(&self.inode);
+            let len = usize::try_from(len).map_err(io::Error::other)?;
+            if ino.data.len() < len {
+                ino.data.resize(len, 0);
+            }
+        }
+        self.sync_data()
     }
 
     fn sync_data(&mut self) -> io::Result<()> {
@@ -242,6 +315,7 @@ impl AppendFile for MemAppend {
         }
         let mut ino = lock(&self.inode);
         ino.synced = ino.data.len();
+        ino.dirty = None;
         Ok(())
     }
 }
@@ -278,7 +352,9 @@ impl MemStorage {
 
     /// Simulates power loss: every file keeps its synced bytes plus, chosen
     /// by `torn(unsynced_len)`, a prefix of what was written after them;
-    /// directory entries revert to their last synced state.
+    /// directory entries revert to their last synced state. Appends into
+    /// synced reserved zeros are kept as a prefix too, chosen by the same
+    /// `torn`, and the rest of them reads as zeros again.
     pub fn crash(&self, mut torn: impl FnMut(usize) -> usize) {
         let mut st = lock(&self.state);
         let lost: Vec<PathBuf> = st
@@ -296,6 +372,10 @@ impl MemStorage {
         st.inodes.retain(|id, _| live.contains(id));
         for inode in st.inodes.values() {
             let mut ino = lock(inode);
+            if let Some((from, to)) = ino.dirty.take() {
+                let keep = from + torn(to - from).min(to - from);
+                ino.data[keep..to].fill(0);
+            }
             let unsynced = ino.data.len() - ino.synced;
             let keep = ino.synced + torn(unsynced).min(unsynced);
             ino.data.truncate(keep);
@@ -335,7 +415,12 @@ impl MemStorage {
                 let ino = lock(ino);
                 (
                     *id,
-                    Arc::new(Mutex::new(Inode { data: ino.data.clone(), synced: ino.synced, readonly: ino.readonly })),
+                    Arc::new(Mutex::new(Inode {
+                        data: ino.data.clone(),
+                        synced: ino.synced,
+                        dirty: ino.dirty,
+                        readonly: ino.readonly,
+                    })),
                 )
             })
             .collect();
@@ -362,6 +447,7 @@ impl MemStorage {
         let mut ino = lock(&inode);
         f(&mut ino.data);
         ino.synced = ino.synced.min(ino.data.len());
+        ino.dirty = ino.dirty.filter(|&(_, to)| to <= ino.synced);
         Ok(())
     }
 }
@@ -403,11 +489,11 @@ impl Storage for MemStorage {
         let inode = Arc::new(Mutex::new(Inode::default()));
         st.inodes.insert(id, inode.clone());
         st.names.insert(path.to_owned(), id);
-        Ok(Box::new(MemAppend { inode, storage: self.clone() }))
+        Ok(Box::new(MemAppend::new(inode, self.clone())))
     }
 
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn AppendFile>> {
-        Ok(Box::new(MemAppend { inode: self.inode(path)?, storage: self.clone() }))
+        Ok(Box::new(MemAppend::new(self.inode(path)?, self.clone())))
     }
 
     fn open_read(&self, path: &Path) -> io::Result<Arc<dyn ReadAt>> {
@@ -421,6 +507,7 @@ impl Storage for MemStorage {
         let len = usize::try_from(len).map_err(io::Error::other)?;
         ino.data.truncate(len);
         ino.synced = ino.data.len();
+        ino.dirty = None;
         Ok(())
     }
 
@@ -478,6 +565,50 @@ mod tests {
         assert_eq!(s.list(dir).expect("list"), vec!["a".to_string()]);
         let r = s.open_read(&dir.join("a")).expect("open");
         assert_eq!(read_all(&*r).expect("read"), b"hello wo");
+    }
+
+    /// Both implementations: appends go after the last append, over the
+    /// reserved zeros, and the zeros after them stay.
+    fn appends_overwrite_reserved_zeros(s: &dyn Storage, path: &Path) {
+        let mut f = s.create(path).expect("create");
+        f.append(b"head").expect("append");
+        f.reserve(100).expect("reserve");
+        f.append(b"block").expect("append");
+        f.sync_data().expect("sync");
+        let r = s.open_read(path).expect("open");
+        assert_eq!(r.len().expect("len"), 100);
+        let mut want = b"headblock".to_vec();
+        want.resize(100, 0);
+        assert_eq!(read_all(&*r).expect("read"), want);
+        f.reserve(50).expect("a shorter reservation leaves the file as it is");
+        f.append(&[7; 120]).expect("an append past the reserved end extends the file");
+        assert_eq!(r.len().expect("len"), 129);
+        drop(f);
+        s.truncate(path, 9).expect("truncate");
+        let mut f = s.open_append(path).expect("reopen");
+        f.append(b"!").expect("append");
+        assert_eq!(read_all(&*r).expect("read"), b"headblock!");
+    }
+
+    #[test]
+    fn appends_overwrite_reserved_zeros_in_memory_and_on_disk() {
+        appends_overwrite_reserved_zeros(&MemStorage::new(), Path::new("/d/a"));
+        let dir = tempfile::tempdir().expect("tempdir");
+        appends_overwrite_reserved_zeros(&FsStorage, &dir.path().join("a"));
+    }
+
+    #[test]
+    fn crash_keeps_a_prefix_of_unsynced_writes_into_reserved_zeros() {
+        let s = MemStorage::new();
+        let dir = Path::new("/d");
+        let mut f = s.create(&dir.join("a")).expect("create");
+        s.sync_dir(dir).expect("sync dir");
+        f.append(b"ab").expect("append");
+        f.reserve(16).expect("reserve");
+        f.append(b"cdefgh").expect("append");
+        s.crash(|n| n / 2);
+        let r = s.open_read(&dir.join("a")).expect("open");
+        assert_eq!(read_all(&*r).expect("read"), b"abcde\0\0\0\0\0\0\0\0\0\0\0");
     }
 
     #[test]

@@ -79,6 +79,10 @@ pub struct LogConfig {
     pub max_block_bytes: usize,
     /// Batches the writer queue holds before appenders are told to back off.
     pub queue_depth: usize,
+    /// Zeros reserved (written and synced) ahead of the active segment's
+    /// end, so that a block's fdatasync has no file size to journal; 0 turns
+    /// this off. Never past `segment_max_bytes`.
+    pub preallocate_bytes: u64,
     pub recovery: RecoveryMode,
     /// Capture times too far from the server clock are flagged with this.
     #[serde(skip)]
@@ -95,6 +99,7 @@ impl Default for LogConfig {
             sealed_compression_level: 3,
             max_block_bytes: 32 << 20,
             queue_depth: 1_024,
+            preallocate_bytes: 1 << 20,
             recovery: RecoveryMode::default(),
             time: TimePlausibility::default(),
         }

@@ -188,6 +188,8 @@ pub struct LogStats {
     pub sealed_segments: usize,
     pub events: u64,
     pub blocks: u64,
+    /// Bytes of the segments' data: sealed files whole, unsealed ones up to
+    /// their last block (not the zeros reserved after it).
     pub file_bytes: u64,
     pub raw_bytes: u64,
     pub compression_ratio: f64,
@@ -202,8 +204,11 @@ pub fn stats(reader: &LogReader) -> Result<LogStats, LogError> {
         if seg.kind == segment::FileKind::Sealed {
             s.sealed_segments += 1;
         }
-        s.file_bytes += seg.file.len().map_err(super::io_err("stat", &seg.path))?;
         let tail = seg.tail().clone();
+        s.file_bytes += match seg.kind {
+            segment::FileKind::Sealed => seg.file.len().map_err(super::io_err("stat", &seg.path))?,
+            _ => tail.data_end,
+        };
         for b in &tail.blocks {
             let h = segment::read_header(&*seg.file, b.pos, tail.data_end).map_err(|e| LogError::Corrupt {
                 path: seg.path.clone(),

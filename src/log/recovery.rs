@@ -124,7 +124,14 @@ pub fn open_segments(storage: &dyn Storage, dir: &Path, config: &LogConfig, repa
             }
             _ => {
                 let scan = segment::scan(&*file, first, len);
-                if let Some(stop) = &scan.stop {
+                if let Some(stop) = scan.stop.as_ref().filter(|s| segment::is_zero_tail(&*file, s.pos, len)) {
+                    // Zeros reserved ahead of the next block: the clean end.
+                    // They are cut so that the file ends at its data; the
+                    // writer reserves again as it appends.
+                    if repair {
+                        storage.truncate(&path, stop.pos).map_err(io_err("truncate", &path))?;
+                    }
+                } else if let Some(stop) = &scan.stop {
                     let torn = segment::is_torn_tail(&*file, stop.pos, &stop.error, len);
                     if !(torn && is_last && config.recovery == RecoveryMode::TruncateTornTail) {
                         let what = if torn && is_last {

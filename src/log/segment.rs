@@ -281,17 +281,40 @@ pub fn scan(file: &dyn ReadAt, first: Offset, end: u64) -> Scan {
     Scan { blocks, end_pos: pos, stop: None }
 }
 
-/// Whether a bad block at `pos` is what a crash mid-append leaves: the file
-/// ends inside it, or its header is not a valid header and no valid block
-/// follows. Anything else (a complete block whose bytes changed, a bad header
-/// with good blocks after it) is damage. Only the last block of the active
+/// Whether a bad block at `pos` is what a crash mid-append leaves:
+/// - the file ends inside it;
+/// - its header is not a valid header and no valid block follows;
+/// - its header is valid, its payload's checksum is not, and only zeros
+///   follow it: a block written into reserved zeros (`AppendFile::reserve`)
+///   whose pages did not all reach the disk.
+///
+/// Anything else (a bad block with good blocks after it, a payload that
+/// fails in another way) is damage. Only the last block of the active
 /// segment can be torn, since every earlier one was synced before the next.
 pub fn is_torn_tail(file: &dyn ReadAt, pos: u64, error: &BlockReadError, end: u64) -> bool {
     match error {
         BlockReadError::Incomplete => true,
         BlockReadError::Frame(FrameError::Magic | FrameError::HeaderCrc) => !valid_block_after(file, pos, end),
+        BlockReadError::Frame(FrameError::PayloadCrc) => read_header(file, pos, end)
+            .is_ok_and(|h| is_zero_tail(file, pos + h.total_len(), end) && !valid_block_after(file, pos, end)),
         _ => false,
     }
+}
+
+/// Whether `[from, end)` holds only zeros: what `AppendFile::reserve` left
+/// after the last block of an unsealed segment. That is the segment's
+/// clean end, not damage and not a torn write.
+pub fn is_zero_tail(file: &dyn ReadAt, from: u64, end: u64) -> bool {
+    let mut buf = vec![0u8; 64 << 10];
+    let mut pos = from;
+    while pos < end {
+        let n = (end - pos).min(buf.len() as u64) as usize;
+        if file.read_exact_at(&mut buf[..n], pos).is_err() || buf[..n].iter().any(|&b| b != 0) {
+            return false;
+        }
+        pos += n as u64;
+    }
+    true
 }
 
 /// Whether any complete, checksum-valid block starts in `(from, end)`: after a

@@ -117,6 +117,11 @@ pub fn write_group(
             if let Err(e) = seq.commit(log.head()) {
                 error!("derived state could not record a durable block; refusing appends until restart: {e}");
             }
+            // Off the ack path: the next blocks find their zeros reserved.
+            if let Err(e) = log.reserve_ahead() {
+                error!("the log writer stopped: {e}");
+                on_log_failure();
+            }
             tracing::debug!(
                 admit_ms = admitted.as_secs_f64() * 1e3,
                 durable_ms = appended.as_secs_f64() * 1e3,

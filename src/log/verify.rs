@@ -118,6 +118,11 @@ impl Walk<'_> {
         while pos < end {
             let (h, raw) = match segment::read_block(&*file, pos, end) {
                 Ok(b) => b,
+                Err(_) if footer.is_none() && segment::is_zero_tail(&*file, pos, end) => {
+                    // Zeros reserved ahead of the next block: the clean end.
+                    (self.progress)(end - pos);
+                    break;
+                }
                 Err(e) => {
                     let torn = segment::is_torn_tail(&*file, pos, &e, end);
                     if torn && is_last && footer.is_none() {

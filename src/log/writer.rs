@@ -33,7 +33,10 @@ pub struct BlockStats {
 struct Active {
     file: Box<dyn AppendFile>,
     view: Arc<SegmentView>,
+    /// Where the next block goes.
     size: u64,
+    /// The file's length: `size` plus the zeros reserved after it.
+    reserved: u64,
     opened: Instant,
 }
 
@@ -72,7 +75,7 @@ fn create_segment(storage: &dyn Storage, dir: &Path, first: Offset, prev: ChainH
         file: read,
         tail: RwLock::new(tail),
     });
-    Ok(Active { file, view, size: HEADER_SIZE, opened: Instant::now() })
+    Ok(Active { file, view, size: HEADER_SIZE, reserved: HEADER_SIZE, opened: Instant::now() })
 }
 
 impl Log {
@@ -89,8 +92,9 @@ impl Log {
         let active = match opened.segments.last() {
             Some(last) if opened.last_is_open => {
                 let file = storage.open_append(&last.path).map_err(io_err("open", &last.path))?;
+                // Recovery cut any reserved zeros off, so the file ends at its data.
                 let size = last.tail().data_end;
-                Active { file, view: last.clone(), size, opened: Instant::now() }
+                Active { file, view: last.clone(), size, reserved: size, opened: Instant::now() }
             }
             last => {
                 let (first, prev) =
@@ -183,6 +187,7 @@ impl Log {
         }
         self.active.file = self.storage.open_append(&path).map_err(io_err("open", &path))?;
         self.active.size = acked;
+        self.active.reserved = acked;
         info!(segment = %path.display(), at = acked, "log writer restarted from the last acknowledged block");
         self.failed = None;
         Ok(())
@@ -249,6 +254,7 @@ impl Log {
         clock: i64,
         raw_bytes: u64,
     ) -> Result<BlockStats, LogError> {
+        self.reserve(self.active.size + bytes.len() as u64)?;
         let path = self.active.view.path.clone();
         let started = Instant::now();
         if let Err(e) = self.active.file.append(bytes).and_then(|()| self.active.file.sync_data()) {
@@ -273,6 +279,44 @@ impl Log {
         }
         self.shared.set_durable_end(end);
         Ok(BlockStats { records, raw_bytes, stored_bytes: bytes.len() as u64, sync_nanos })
+    }
+
+    /// Makes sure the active segment's file reaches `need` bytes with
+    /// reserved zeros, and a further `preallocate_bytes` beyond them (up to
+    /// `segment_max_bytes`), so that appends overwrite zeros already on disk
+    /// (`AppendFile::reserve`). A block that would end past
+    /// `segment_max_bytes` is simply appended. A failure stops the writer,
+    /// as a failed append does: nothing after an unsuccessful fsync is trusted.
+    fn reserve(&mut self, need: u64) -> Result<(), LogError> {
+        let chunk = self.config.preallocate_bytes;
+        if chunk == 0 || need <= self.active.reserved || need > self.config.segment_max_bytes {
+            return Ok(());
+        }
+        let target = need.saturating_add(chunk).min(self.config.segment_max_bytes);
+        let started = Instant::now();
+        if let Err(e) = self.active.file.reserve(target) {
+            let err = io_err("reserve zeros in", &self.active.view.path)(e);
+            self.failed = Some(err.to_string());
+            return Err(err);
+        }
+        tracing::debug!(
+            bytes = target - self.active.reserved,
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "reserved zeros ahead of the active segment's end"
+        );
+        self.active.reserved = target;
+        Ok(())
+    }
+
+    /// Extends the reserved zeros once fewer than half of `preallocate_bytes`
+    /// are left, so that an append rarely waits for a reservation. The
+    /// writer thread calls it after answering a block; a failure stops the
+    /// writer (and is for the next append to report).
+    pub fn reserve_ahead(&mut self) -> Result<(), LogError> {
+        if self.failed.is_some() {
+            return Ok(());
+        }
+        self.reserve(self.active.size + self.config.preallocate_bytes / 2)
     }
 
     /// The active segment's tail: the log's head and last link.

@@ -188,3 +188,52 @@ fn strict_recovery_refuses_a_torn_tail() {
     let log = open(&storage, &config).expect("the default mode cuts the torn tail");
     assert_eq!(log.head(), Offset(1));
 }
+
+/// The zeros reserved after the active segment's last block are its clean
+/// end in either recovery mode, and `verify` passes over them. A block the
+/// crash tore inside them (its header written, its payload not all) is a
+/// torn tail: cut in the default mode, refused in the strict one.
+#[test]
+fn reserved_zeros_are_a_clean_end_and_a_block_torn_in_them_a_torn_tail() {
+    let storage = MemStorage::new();
+    let config = LogConfig { segment_max_bytes: 1 << 20, preallocate_bytes: 64 << 10, ..small_config() };
+    let strict = LogConfig { recovery: crate::log::RecoveryMode::Strict, ..config.clone() };
+    let mut log = open(&storage, &config).expect("open");
+    let mut model = Vec::new();
+    for i in 0..5 {
+        let mut batch = vec![record(i, 300)];
+        log.append(std::slice::from_mut(&mut batch)).expect("append");
+        model.extend(batch);
+    }
+    let active = log.shared().segments().last().expect("active").path.clone();
+    let data_end = log.shared().segments().last().expect("active").tail().data_end;
+    drop(log);
+    let len = file_bytes(&storage, &active).len() as u64;
+    assert!(len >= data_end + (60 << 10), "zeros reserved: file {len} bytes, data {data_end}");
+
+    let report = verify_dir(&storage, Path::new(DIR), &mut |_| {}).expect("verify runs");
+    assert_eq!((report.problem, report.torn_tail, report.records), (None, None, 5));
+    let mut log = open(&storage, &strict).expect("strict mode opens a segment ending in reserved zeros");
+    assert_holds(&log.reader(), &model);
+    assert_eq!(file_bytes(&storage, &active).len() as u64, data_end, "opening cuts the zeros off");
+
+    // The next append reserves zeros again (one sync), then writes its block
+    // into them; that block's sync fails, and the power fails with half of it.
+    storage.fail_sync_after(1);
+    assert!(log.append(&mut [vec![record(5, 300)]]).is_err());
+    drop(log);
+    storage.crash(|n| n / 2);
+    let bytes = file_bytes(&storage, &active);
+    assert!(
+        bytes.len() as u64 > data_end + (64 << 10) && bytes[data_end as usize..][..8] != [0; 8],
+        "a torn block in zeros"
+    );
+    let err = open(&storage, &strict).expect_err("strict mode refuses a torn block");
+    assert!(err.to_string().contains("torn tail"), "{err}");
+    let report = verify_dir(&storage, Path::new(DIR), &mut |_| {}).expect("verify runs");
+    assert_eq!(report.problem, None);
+    assert!(report.torn_tail.is_some(), "verify reports the torn block");
+    let log = open(&storage, &config).expect("the default mode cuts the torn block");
+    assert_holds(&log.reader(), &model);
+    assert_eq!(file_bytes(&storage, &active).len() as u64, data_end);
+}
