@@ -81,7 +81,7 @@ pub struct LogConfig {
     pub queue_depth: usize,
     /// Zeros reserved (written and synced) ahead of the active segment's
     /// end, so that a block's fdatasync has no file size to journal; 0 turns
-    /// this off. Never past `segment_max_bytes`.
+    /// this off. At most `segment_max_bytes` are reserved at a time.
     pub preallocate_bytes: u64,
     pub recovery: RecoveryMode,
     /// Capture times too far from the server clock are flagged with this.

@@ -284,19 +284,23 @@ pub fn scan(file: &dyn ReadAt, first: Offset, end: u64) -> Scan {
 /// Whether a bad block at `pos` is what a crash mid-append leaves:
 /// - the file ends inside it;
 /// - its header is not a valid header and no valid block follows;
-/// - its header is valid, its payload's checksum is not, and only zeros
-///   follow it: a block written into reserved zeros (`AppendFile::reserve`)
-///   whose pages did not all reach the disk.
+/// - its header is valid, its payload's checksum is not, and zeros follow
+///   it to the end of the file: a block written into reserved zeros
+///   (`AppendFile::reserve`, which always leaves some after a block) whose
+///   sectors did not all reach the disk.
 ///
 /// Anything else (a bad block with good blocks after it, a payload that
-/// fails in another way) is damage. Only the last block of the active
+/// fails in another way, a bad payload that ends the file) is damage. Only the last block of the active
 /// segment can be torn, since every earlier one was synced before the next.
 pub fn is_torn_tail(file: &dyn ReadAt, pos: u64, error: &BlockReadError, end: u64) -> bool {
     match error {
         BlockReadError::Incomplete => true,
         BlockReadError::Frame(FrameError::Magic | FrameError::HeaderCrc) => !valid_block_after(file, pos, end),
-        BlockReadError::Frame(FrameError::PayloadCrc) => read_header(file, pos, end)
-            .is_ok_and(|h| is_zero_tail(file, pos + h.total_len(), end) && !valid_block_after(file, pos, end)),
+        BlockReadError::Frame(FrameError::PayloadCrc) => read_header(file, pos, end).is_ok_and(|h| {
+            pos + h.total_len() < end
+                && is_zero_tail(file, pos + h.total_len(), end)
+                && !valid_block_after(file, pos, end)
+        }),
         _ => false,
     }
 }

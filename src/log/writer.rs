@@ -282,17 +282,18 @@ impl Log {
     }
 
     /// Makes sure the active segment's file reaches `need` bytes with
-    /// reserved zeros, and a further `preallocate_bytes` beyond them (up to
-    /// `segment_max_bytes`), so that appends overwrite zeros already on disk
-    /// (`AppendFile::reserve`). A block that would end past
-    /// `segment_max_bytes` is simply appended. A failure stops the writer,
-    /// as a failed append does: nothing after an unsuccessful fsync is trusted.
+    /// reserved zeros, and a further chunk beyond them, so that appends
+    /// overwrite zeros already on disk (`AppendFile::reserve`) and a block
+    /// written into them always has zeros after it (how recovery tells a
+    /// torn one). A block that would end past `segment_max_bytes` is simply
+    /// appended. A failure stops the writer, as a failed append does:
+    /// nothing after an unsuccessful fsync is trusted.
     fn reserve(&mut self, need: u64) -> Result<(), LogError> {
-        let chunk = self.config.preallocate_bytes;
+        let chunk = self.reserve_chunk();
         if chunk == 0 || need <= self.active.reserved || need > self.config.segment_max_bytes {
             return Ok(());
         }
-        let target = need.saturating_add(chunk).min(self.config.segment_max_bytes);
+        let target = need.saturating_add(chunk);
         let started = Instant::now();
         if let Err(e) = self.active.file.reserve(target) {
             let err = io_err("reserve zeros in", &self.active.view.path)(e);
@@ -308,15 +309,19 @@ impl Log {
         Ok(())
     }
 
-    /// Extends the reserved zeros once fewer than half of `preallocate_bytes`
-    /// are left, so that an append rarely waits for a reservation. The
+    /// Extends the reserved zeros once fewer than half a chunk is left, so that an append rarely waits for a reservation. The
     /// writer thread calls it after answering a block; a failure stops the
     /// writer (and is for the next append to report).
     pub fn reserve_ahead(&mut self) -> Result<(), LogError> {
         if self.failed.is_some() {
             return Ok(());
         }
-        self.reserve(self.active.size + self.config.preallocate_bytes / 2)
+        self.reserve(self.active.size + self.reserve_chunk() / 2)
+    }
+
+    /// Zeros reserved at a time: `preallocate_bytes`, at most a segment's worth.
+    fn reserve_chunk(&self) -> u64 {
+        self.config.preallocate_bytes.min(self.config.segment_max_bytes)
     }
 
     /// The active segment's tail: the log's head and last link.

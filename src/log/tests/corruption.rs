@@ -237,3 +237,24 @@ fn reserved_zeros_are_a_clean_end_and_a_block_torn_in_them_a_torn_tail() {
     assert_holds(&log.reader(), &model);
     assert_eq!(file_bytes(&storage, &active).len() as u64, data_end);
 }
+
+/// Without reserved zeros a block ends the file; a bad payload checksum
+/// there is damage, as before ADR 0013, not a torn write to cut.
+#[test]
+fn a_bad_payload_that_ends_the_file_is_damage() {
+    let storage = MemStorage::new();
+    let config = LogConfig { segment_max_bytes: 1 << 20, preallocate_bytes: 0, ..small_config() };
+    let mut log = open(&storage, &config).expect("open");
+    for i in 0..3 {
+        log.append(&mut [vec![record(i, 300)]]).expect("append");
+    }
+    let seg = log.shared().segments().last().expect("active").clone();
+    let last = *seg.tail().blocks.last().expect("blocks");
+    drop(log);
+    let len = file_bytes(&storage, &seg.path).len();
+    assert_eq!(len as u64, seg.tail().data_end, "no zeros reserved");
+    storage.modify(&seg.path, |b| b[len - 3] ^= 0x40).expect("modify");
+    let err = open(&storage, &config).expect_err("must refuse");
+    assert!(err.to_string().contains("checksum") && !err.to_string().contains("torn"), "{err}");
+    assert!(last.pos < len as u64 - 3);
+}
