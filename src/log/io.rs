@@ -24,6 +24,8 @@ pub trait AppendFile: Send {
     /// no new size or extent to journal; the zeros after the last append
     /// are not data (`docs/format.md`, "Preallocation").
     fn reserve(&mut self, len: u64) -> io::Result<()>;
+    /// The file's length: what was appended plus any zeros reserved after it.
+    fn file_len(&self) -> u64;
 }
 
 /// A file open for positioned reads, shareable between threads.
@@ -123,6 +125,10 @@ impl AppendFile for FsAppend {
             self.len += n as u64;
         }
         self.file.sync_data()
+    }
+
+    fn file_len(&self) -> u64 {
+        self.len
     }
 }
 
@@ -317,6 +323,10 @@ impl AppendFile for MemAppend {
         ino.synced = ino.data.len();
         ino.dirty = None;
         Ok(())
+    }
+
+    fn file_len(&self) -> u64 {
+        lock(&self.inode).data.len() as u64
     }
 }
 
@@ -575,6 +585,7 @@ mod tests {
         f.reserve(100).expect("reserve");
         f.append(b"block").expect("append");
         f.sync_data().expect("sync");
+        assert_eq!(f.file_len(), 100);
         let r = s.open_read(path).expect("open");
         assert_eq!(r.len().expect("len"), 100);
         let mut want = b"headblock".to_vec();

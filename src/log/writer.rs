@@ -33,10 +33,9 @@ pub struct BlockStats {
 struct Active {
     file: Box<dyn AppendFile>,
     view: Arc<SegmentView>,
-    /// Where the next block goes.
+    /// Where the next block goes; the file (`file.file_len()`) may hold reserved
+    /// zeros after it.
     size: u64,
-    /// The file's length: `size` plus the zeros reserved after it.
-    reserved: u64,
     opened: Instant,
 }
 
@@ -75,7 +74,7 @@ fn create_segment(storage: &dyn Storage, dir: &Path, first: Offset, prev: ChainH
         file: read,
         tail: RwLock::new(tail),
     });
-    Ok(Active { file, view, size: HEADER_SIZE, reserved: HEADER_SIZE, opened: Instant::now() })
+    Ok(Active { file, view, size: HEADER_SIZE, opened: Instant::now() })
 }
 
 impl Log {
@@ -94,7 +93,7 @@ impl Log {
                 let file = storage.open_append(&last.path).map_err(io_err("open", &last.path))?;
                 // Recovery cut any reserved zeros off, so the file ends at its data.
                 let size = last.tail().data_end;
-                Active { file, view: last.clone(), size, reserved: size, opened: Instant::now() }
+                Active { file, view: last.clone(), size, opened: Instant::now() }
             }
             last => {
                 let (first, prev) =
@@ -187,7 +186,6 @@ impl Log {
         }
         self.active.file = self.storage.open_append(&path).map_err(io_err("open", &path))?;
         self.active.size = acked;
-        self.active.reserved = acked;
         info!(segment = %path.display(), at = acked, "log writer restarted from the last acknowledged block");
         self.failed = None;
         Ok(())
@@ -290,7 +288,8 @@ impl Log {
     /// nothing after an unsuccessful fsync is trusted.
     fn reserve(&mut self, need: u64) -> Result<(), LogError> {
         let chunk = self.reserve_chunk();
-        if chunk == 0 || need <= self.active.reserved || need > self.config.segment_max_bytes {
+        let reserved = self.active.file.file_len();
+        if chunk == 0 || need <= reserved || need > self.config.segment_max_bytes {
             return Ok(());
         }
         let target = need.saturating_add(chunk);
@@ -301,15 +300,15 @@ impl Log {
             return Err(err);
         }
         tracing::debug!(
-            bytes = target - self.active.reserved,
+            bytes = target - reserved,
             ms = started.elapsed().as_secs_f64() * 1e3,
             "reserved zeros ahead of the active segment's end"
         );
-        self.active.reserved = target;
         Ok(())
     }
 
-    /// Extends the reserved zeros once fewer than half a chunk is left, so that an append rarely waits for a reservation. The
+    /// Extends the reserved zeros once fewer than half a chunk is left, so
+    /// that an append rarely waits for a reservation. The
     /// writer thread calls it after answering a block; a failure stops the
     /// writer (and is for the next append to report).
     pub fn reserve_ahead(&mut self) -> Result<(), LogError> {
