@@ -456,13 +456,14 @@ impl SearchHit {
     }
 }
 
-/// `GET /v1/search`: (status, total, hits on the page, text bytes read, body of a refusal).
+/// `GET /v1/search`: (status, total, hits on the page, text bytes read, body
+/// of a refusal, when the whole answer had arrived, before it was parsed).
 fn search_once(
     agent: &ureq::Agent,
     base: &str,
     token: &str,
     query: &str,
-) -> anyhow::Result<(u16, u64, usize, usize, String)> {
+) -> anyhow::Result<(u16, u64, usize, usize, String, Instant)> {
     let mut resp = agent
         .get(&format!("{base}/v1/search?{query}"))
         .header("Authorization", &format!("Bearer {token}"))
@@ -470,8 +471,9 @@ fn search_once(
         .context("search request")?;
     let status = resp.status().as_u16();
     let text = resp.body_mut().read_to_string().context("search answer")?;
+    let received = Instant::now();
     if status != 200 {
-        return Ok((status, 0, 0, 0, text));
+        return Ok((status, 0, 0, 0, text, received));
     }
     let page: SearchPage = serde_json::from_str(&text).context("search answer is not a page of hits")?;
     let mut offsets: Vec<u64> = page.hits.iter().map(|h| h.offset).collect();
@@ -479,7 +481,7 @@ fn search_once(
     offsets.dedup();
     anyhow::ensure!(offsets.len() == page.hits.len(), "a page of {query} named an event twice");
     let bytes = page.hits.iter().map(SearchHit::text_bytes).sum();
-    Ok((status, page.total, page.hits.len(), bytes, String::new()))
+    Ok((status, page.total, page.hits.len(), bytes, String::new(), received))
 }
 
 fn pct_us(sorted: &[u64], p: f64) -> f64 {
@@ -506,13 +508,14 @@ fn query(a: &QueryArgs) -> anyhow::Result<()> {
     anyhow::ensure!(!queries.is_empty(), "no queries in {}", a.queries.display());
     let base = a.url.trim_end_matches('/').to_string();
     let lat = Mutex::new(Vec::new());
+    let arrived = Mutex::new(Vec::new());
     let hits = AtomicU64::new(0);
     let text = AtomicU64::new(0);
     let started = Instant::now();
     std::thread::scope(|s| -> anyhow::Result<()> {
         let workers: Vec<_> = (0..a.clients)
             .map(|c| {
-                let (queries, base, lat, hits, text) = (&queries, &base, &lat, &hits, &text);
+                let (queries, base, lat, arrived, hits, text) = (&queries, &base, &lat, &arrived, &hits, &text);
                 s.spawn(move || -> anyhow::Result<()> {
                     let agent = agent();
                     let warm = u32::from(!a.cold);
@@ -522,11 +525,12 @@ fn query(a: &QueryArgs) -> anyhow::Result<()> {
                         for i in 0..n {
                             let q = &queries[(i + c as usize * n / a.clients.max(1) as usize) % n];
                             let t = Instant::now();
-                            let (status, _, page, bytes, body) = search_once(&agent, base, &a.token, q)?;
+                            let (status, _, page, bytes, body, received) = search_once(&agent, base, &a.token, q)?;
                             let us = t.elapsed().as_micros() as u64;
                             anyhow::ensure!(status == 200, "search {q} answered {status}: {body}");
                             if pass >= warm {
                                 lat.lock().expect("lock").push(us);
+                                arrived.lock().expect("lock").push(received.duration_since(t).as_micros() as u64);
                                 hits.fetch_add(page as u64, Ordering::Relaxed);
                                 text.fetch_add(bytes as u64, Ordering::Relaxed);
                             }
@@ -544,9 +548,13 @@ fn query(a: &QueryArgs) -> anyhow::Result<()> {
     let secs = started.elapsed().as_secs_f64();
     let mut lat = lat.into_inner().expect("lock");
     lat.sort_unstable();
+    let mut arrived = arrived.into_inner().expect("lock");
+    arrived.sort_unstable();
     let out = json!({
         "queries": queries.len(), "clients": a.clients, "passes": a.passes, "cold": a.cold, "requests": lat.len(),
         "p50_ms": pct_us(&lat, 0.5), "p99_ms": pct_us(&lat, 0.99), "p999_ms": pct_us(&lat, 0.999),
+        // The same requests timed to the answer's last byte, before the client parsed it.
+        "received_p50_ms": pct_us(&arrived, 0.5), "received_p99_ms": pct_us(&arrived, 0.99),
         "max_ms": pct_us(&lat, 1.0), "mean_ms": lat.iter().sum::<u64>() as f64 / lat.len().max(1) as f64 / 1000.0,
         "hits_per_query": hits.load(Ordering::Relaxed) as f64 / lat.len().max(1) as f64,
         "text_bytes_per_query": text.load(Ordering::Relaxed) as f64 / lat.len().max(1) as f64,
@@ -577,7 +585,7 @@ fn probe(a: &ProbeArgs) -> anyhow::Result<()> {
         let acked = Instant::now();
         let q = format!("q={word}&limit=1");
         loop {
-            let (status, total, _, _, body) = search_once(&agent, &base, &a.token, &q)?;
+            let (status, total, _, _, body, _) = search_once(&agent, &base, &a.token, &q)?;
             anyhow::ensure!(status == 200, "probe search answered {status}: {body}");
             if total > 0 {
                 lat.push(acked.elapsed().as_micros() as u64);
