@@ -15,6 +15,7 @@ use axum::Json;
 use serde::Serialize;
 use serde_json::{json, Value};
 use tracing::warn;
+use verbatim_schema::time::Rfc3339;
 use verbatim_schema::{Offset, RecordView};
 
 use super::auth::Caller;
@@ -95,8 +96,8 @@ fn audited(s: &AppState, durable: Result<Offset, String>) -> Result<(), ApiError
 #[derive(Serialize)]
 struct EventJson<'a> {
     offset: u64,
-    ts: String,
-    received_at: String,
+    ts: Rfc3339,
+    received_at: Rfc3339,
     conversation_id: Option<u64>,
     network: &'a str,
     kind: &'a str,
@@ -112,8 +113,8 @@ impl<'a> EventJson<'a> {
     fn new(offset: Offset, r: &'a RecordView<'a>) -> Self {
         Self {
             offset: offset.0,
-            ts: r.ts.to_rfc3339(),
-            received_at: r.received_at.to_rfc3339(),
+            ts: r.ts.rfc3339(),
+            received_at: r.received_at.rfc3339(),
             conversation_id: r.conversation_id.map(|c| c.0),
             network: r.network,
             kind: r.kind,
@@ -307,7 +308,13 @@ fn render(st: &AppState, stores: &[Arc<SiteStore>], out: search::SitesOutcome) -
             .map(|x| SiteWatermark { site: x.site.clone(), index_watermark: x.index.state().watermark })
             .collect(),
     };
-    serde_json::to_vec(&answer).map_err(|e| SearchError::Internal(e.to_string()))
+    // Room for the whole answer up front: a page of bodies grows a Vec
+    // through six or seven copies otherwise. A hit is its body twice (text
+    // and snippet) and under 400 bytes of other fields, for common names.
+    let room = 256 + records.iter().map(|r| 2 * r.body.len() + 400).sum::<usize>();
+    let mut body = Vec::with_capacity(room);
+    serde_json::to_writer(&mut body, &answer).map_err(|e| SearchError::Internal(e.to_string()))?;
+    Ok(body)
 }
 
 pub async fn get_conversation(
