@@ -119,6 +119,11 @@ impl TokenStream for ChatTokenStream<'_> {
                     }
                 }
             }
+            // Spaces and ASCII punctuation, a byte at a time.
+            let bytes = self.text.as_bytes();
+            while self.pos < bytes.len() && bytes[self.pos].is_ascii() && !bytes[self.pos].is_ascii_alphanumeric() {
+                self.pos += 1;
+            }
             let Some(c) = self.char_at(self.pos) else { return false };
             let start = self.pos;
             self.pos += c.len_utf8();
@@ -128,11 +133,16 @@ impl TokenStream for ChatTokenStream<'_> {
                 self.emit(start, self.pos, false);
                 return true;
             } else if is_word_char(c) {
-                while let Some(n) = self.char_at(self.pos) {
-                    if !is_word_char(n) || is_ngram_char(n) {
-                        break;
+                loop {
+                    // ASCII letters and digits, a byte at a time; an ASCII
+                    // byte that is neither ends the word below.
+                    while self.pos < bytes.len() && bytes[self.pos].is_ascii_alphanumeric() {
+                        self.pos += 1;
                     }
-                    self.pos += n.len_utf8();
+                    match self.char_at(self.pos) {
+                        Some(n) if !n.is_ascii() && is_word_char(n) && !is_ngram_char(n) => self.pos += n.len_utf8(),
+                        _ => break,
+                    }
                 }
                 if self.pos - start <= MAX_WORD_BYTES {
                     self.emit(start, self.pos, true);
@@ -202,6 +212,58 @@ mod tests {
         assert_eq!(words("👍🏽"), ["👍"]);
         assert_eq!(words("नमस्ते दुनिया"), ["नमस्ते", "दुनिया"]);
         assert_eq!(words("cafe\u{301}"), ["cafe\u{301}"]);
+    }
+
+    /// The tokenizer before its ASCII fast paths: one character at a time.
+    fn reference(text: &str) -> Vec<(String, usize, usize)> {
+        let mut out = Vec::new();
+        let chars: Vec<(usize, char)> = text.char_indices().collect();
+        let end_of = |i: usize| chars.get(i).map_or(text.len(), |c| c.0);
+        let mut i = 0;
+        while i < chars.len() {
+            let c = chars[i].1;
+            if is_ngram_char(c) {
+                let run = i;
+                while i < chars.len() && is_ngram_char(chars[i].1) {
+                    i += 1;
+                }
+                if i - run == 1 {
+                    out.push((text[chars[run].0..end_of(run + 1)].to_string(), chars[run].0, end_of(run + 1)));
+                }
+                for k in run..i.saturating_sub(1) {
+                    out.push((text[chars[k].0..end_of(k + 2)].to_string(), chars[k].0, end_of(k + 2)));
+                }
+            } else if is_symbol_char(c) {
+                out.push((c.to_string(), chars[i].0, end_of(i + 1)));
+                i += 1;
+            } else if is_word_char(c) {
+                let start = i;
+                while i < chars.len() && is_word_char(chars[i].1) && !is_ngram_char(chars[i].1) {
+                    i += 1;
+                }
+                let (from, to) = (chars[start].0, end_of(i));
+                if to - from <= MAX_WORD_BYTES {
+                    out.push((text[from..to].chars().flat_map(char::to_lowercase).collect(), from, to));
+                }
+            } else {
+                i += 1;
+            }
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn fast_paths_change_no_token(text in "([a-zA-Z0-9 ,.'!?-]{0,6}|[ÀéüßÖ\u{301}\u{900}-\u{97f}]{0,3}|[東京都に住むสวัสดี]{0,3}|[🚀👍\u{1f3fd}]{0,2}){0,12}") {
+            let mut t = ChatTokenizer::default();
+            let mut s = t.token_stream(&text);
+            let mut got = Vec::new();
+            while s.advance() {
+                let tok = s.token();
+                got.push((tok.text.clone(), tok.offset_from, tok.offset_to));
+            }
+            proptest::prop_assert_eq!(got, reference(&text));
+        }
     }
 
     #[test]
