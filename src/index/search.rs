@@ -1006,8 +1006,8 @@ impl Page<'_> {
     }
 
     /// Offers the matches of the segment's newest runs of documents first:
-    /// ranges of runs from the end, each twice as long as the one before
-    /// (a scorer only moves forward), skipping runs whose newest `ts` is
+    /// ranges of runs from the end, each at least twice as long as the one
+    /// before ([`next_width`]; a scorer only moves forward), skipping runs whose newest `ts` is
     /// below the page, and stopping once no run before is newer than it.
     /// The log appends in time order, so the newest documents are usually
     /// last. Returns the matches seen, and whether that was all of them.
@@ -1057,10 +1057,27 @@ impl Page<'_> {
                 run += 1;
             }
             hi = lo;
-            width *= 2;
+            width = next_width(width, blocks.newest.len() - hi, seen, self.limit.saturating_sub(self.top.len()));
         }
         Ok((seen, all))
     }
+}
+
+/// How many runs the next range of [`Page::visit_newest_runs`] spans, after
+/// `read` runs (from the end) held `seen` matches and the page still wants
+/// `wanted`. Each range costs a fresh scorer (for a query of several terms,
+/// a dictionary lookup and a postings open per term), and until the page is
+/// full no run can be skipped. So a sparse query takes, in one range, the
+/// runs that would hold twice the matches it wants at the density read so far
+/// (at least one match per `read` runs): at most about `2 × wanted` matches
+/// are read past the page, and a query of 40 matches in 500 runs needs two
+/// or three scorers instead of ten. A full page doubles the width.
+fn next_width(width: usize, read: usize, seen: usize, wanted: usize) -> usize {
+    let doubled = width.saturating_mul(2);
+    if wanted == 0 {
+        return doubled;
+    }
+    doubled.max(wanted.saturating_mul(read).div_ceil(seen.max(1)).saturating_mul(2))
 }
 
 /// The matches of `weight` in `seg`, counted up to `max`; whether that is all of them.

@@ -377,7 +377,12 @@ fn newest_first_over_many_segments_is_a_full_sort_by_time_and_offset() {
     let mut records = Vec::new();
     for times in segments {
         for ts in times {
-            let body = if ts % 3 == 0 { "tick tock" } else { "tick" };
+            let body = match (ts % 3 == 0, ts % 997 == 0) {
+                (true, true) => "tick tock rare",
+                (true, false) => "tick tock",
+                (false, true) => "tick rare",
+                (false, false) => "tick",
+            };
             let r = record("irc", "bot", "room", None, body, ts, 7);
             w.add_document(document(&fields, Offset(records.len() as u64), &r)).expect("add");
             records.push(r);
@@ -388,7 +393,13 @@ fn newest_first_over_many_segments_is_a_full_sort_by_time_and_offset() {
     ix.reader.reload().expect("reload");
     assert!(ix.searcher().segment_readers().len() > 1, "the test needs several segments");
     let cfg = SearchConfig { exact_total_limit: 1000, ..SearchConfig::default() };
-    for (q, matches) in [("tick", &(|_: &str| true) as &dyn Fn(&str) -> bool), ("tock", &|b| b.contains("tock"))] {
+    for (q, matches) in [
+        ("tick", &(|_: &str| true) as &dyn Fn(&str) -> bool),
+        ("tock", &|b| b.contains("tock")),
+        // Sparse: a few matches per segment, fewer than a page in all.
+        ("rare", &|b| b.contains("rare")),
+        ("tock AND rare", &|b| b.contains("tock") && b.contains("rare")),
+    ] {
         let mut expected: Vec<(i64, u64)> = records
             .iter()
             .enumerate()
@@ -423,6 +434,13 @@ fn newest_first_over_many_segments_is_a_full_sort_by_time_and_offset() {
             assert_eq!(seen, expected, "{q}, pages of {limit}");
         }
     }
+    // The sparse queries above span more than one range of runs only because
+    // their ranges grow with what the page still wants.
+    assert_eq!(next_width(1, 1, 150, 0), 2, "a full page doubles");
+    assert_eq!(next_width(4, 7, 20, 80), 56, "20 matches in 7 runs: 28 runs hold 80, twice that");
+    assert_eq!(next_width(1, 1, 0, 100), 200, "no match yet: at least one per run read");
+    assert_eq!(next_width(8, 15, 1000, 1), 16, "never less than double");
+    assert_eq!(next_width(usize::MAX / 2, 3, 0, usize::MAX), usize::MAX, "saturates");
     // Below the counting limit the total is exact; past it a lower bound; the hits are the same.
     let req = SearchRequest { q: "tock".into(), limit: 10, ..SearchRequest::default() };
     let exact = search(&ix, &SearchConfig::default(), &req).expect("exact");
