@@ -12,7 +12,7 @@ use std::ops::Range;
 
 use tantivy::query::Query;
 use tantivy::schema::Field;
-use tantivy::tokenizer::{TokenStream, Tokenizer};
+use tantivy::tokenizer::Tokenizer;
 use tantivy::{Score, Searcher};
 
 use super::tokenizer::ChatTokenizer;
@@ -52,15 +52,29 @@ impl Snippets {
         Ok(Self { terms, max_bytes })
     }
 
-    fn score_of(&self, token: &str) -> Option<Score> {
-        let find = |t: &str| self.terms.binary_search_by(|(k, _)| k.as_str().cmp(t)).ok().map(|i| self.terms[i].1);
-        // The body tokenizer lowercases words already; tantivy lowercases
-        // again, which only matters outside ASCII.
-        if token.is_ascii() {
-            find(token)
+    /// The score of the token at `span` of `text` (`lowercase` as the body
+    /// tokenizer says), as tantivy's generator finds it: the tokenizer's
+    /// text, lowercased once more (which only matters outside ASCII).
+    /// An ASCII word is compared in place, without a copy.
+    fn score_of(&self, text: &str, (from, to, lowercase): (usize, usize, bool), scratch: &mut String) -> Option<Score> {
+        let span = &text[from..to];
+        let found = if span.is_ascii() {
+            if lowercase {
+                self.terms.binary_search_by(|(k, _)| cmp_to_ascii_lowercase(k.as_bytes(), span.as_bytes()))
+            } else {
+                self.terms.binary_search_by(|(k, _)| k.as_str().cmp(span))
+            }
         } else {
-            find(&token.to_lowercase())
-        }
+            scratch.clear();
+            if lowercase {
+                scratch.extend(span.chars().flat_map(char::to_lowercase));
+            } else {
+                scratch.push_str(span);
+            }
+            let again = scratch.to_lowercase();
+            self.terms.binary_search_by(|(k, _)| k.as_str().cmp(&again))
+        };
+        found.ok().map(|i| self.terms[i].1)
     }
 
     /// The best fragment of `text`: the highest-scoring window of whole
@@ -73,16 +87,17 @@ impl Snippets {
         }
         let mut tokenizer = ChatTokenizer::default();
         let mut stream = tokenizer.token_stream(text);
-        while stream.advance() {
-            let token = stream.token();
-            if token.offset_to - current.start > self.max_bytes {
+        let mut scratch = String::new();
+        while let Some(span) = stream.next_span() {
+            let (from, to, _) = span;
+            if to - current.start > self.max_bytes {
                 current.finish_into(&mut best);
-                current.restart(token.offset_from);
+                current.restart(from);
             }
-            current.stop = token.offset_to;
-            if let Some(score) = self.score_of(&token.text) {
+            current.stop = to;
+            if let Some(score) = self.score_of(text, span, &mut scratch) {
                 current.score += score;
-                current.highlighted.push(token.offset_from..token.offset_to);
+                current.highlighted.push(from..to);
             }
         }
         current.finish_into(&mut best);
@@ -94,6 +109,12 @@ impl Snippets {
         collapse(&mut highlighted);
         Snippet { fragment: &text[best.start..best.stop], highlighted }
     }
+}
+
+/// `a` against `b` lowercased, byte by byte: ordering a sorted term list
+/// around an ASCII word without lowercasing it into a copy.
+fn cmp_to_ascii_lowercase(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    a.iter().copied().cmp(b.iter().map(u8::to_ascii_lowercase))
 }
 
 #[derive(Debug)]

@@ -96,25 +96,25 @@ impl ChatTokenStream<'_> {
     fn char_at(&self, pos: usize) -> Option<char> {
         self.text[pos..].chars().next()
     }
-}
 
-impl TokenStream for ChatTokenStream<'_> {
-    fn advance(&mut self) -> bool {
+    /// The next token as a span of the text: `(from, to, lowercase)`, where
+    /// `lowercase` says the token's text is the span lowercased (a word)
+    /// rather than the span itself (a bigram or a symbol). Skips writing the
+    /// token's text, for callers that compare it in place.
+    pub fn next_span(&mut self) -> Option<(usize, usize, bool)> {
         loop {
             if let Some((prev, prev_len, emitted)) = self.run {
                 match self.char_at(self.pos) {
                     Some(c) if is_ngram_char(c) => {
                         let end = self.pos + c.len_utf8();
-                        self.emit(prev, end, false);
                         self.run = Some((self.pos, c.len_utf8(), true));
                         self.pos = end;
-                        return true;
+                        return Some((prev, end, false));
                     }
                     _ => {
                         self.run = None;
                         if !emitted {
-                            self.emit(prev, prev + prev_len, false);
-                            return true;
+                            return Some((prev, prev + prev_len, false));
                         }
                     }
                 }
@@ -124,14 +124,13 @@ impl TokenStream for ChatTokenStream<'_> {
             while self.pos < bytes.len() && bytes[self.pos].is_ascii() && !bytes[self.pos].is_ascii_alphanumeric() {
                 self.pos += 1;
             }
-            let Some(c) = self.char_at(self.pos) else { return false };
+            let c = self.char_at(self.pos)?;
             let start = self.pos;
             self.pos += c.len_utf8();
             if is_ngram_char(c) {
                 self.run = Some((start, c.len_utf8(), false));
             } else if is_symbol_char(c) {
-                self.emit(start, self.pos, false);
-                return true;
+                return Some((start, self.pos, false));
             } else if is_word_char(c) {
                 loop {
                     // ASCII letters and digits, a byte at a time; an ASCII
@@ -145,10 +144,21 @@ impl TokenStream for ChatTokenStream<'_> {
                     }
                 }
                 if self.pos - start <= MAX_WORD_BYTES {
-                    self.emit(start, self.pos, true);
-                    return true;
+                    return Some((start, self.pos, true));
                 }
             }
+        }
+    }
+}
+
+impl TokenStream for ChatTokenStream<'_> {
+    fn advance(&mut self) -> bool {
+        match self.next_span() {
+            Some((from, to, lowercase)) => {
+                self.emit(from, to, lowercase);
+                true
+            }
+            None => false,
         }
     }
 
