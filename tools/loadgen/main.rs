@@ -493,9 +493,9 @@ fn pct_us(sorted: &[u64], p: f64) -> f64 {
 
 fn query(a: &QueryArgs) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&a.queries).with_context(|| format!("reading {}", a.queries.display()))?;
-    let queries: Vec<String> = text
-        .lines()
-        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')).collect();
+    let queries: Vec<String> = lines
+        .iter()
         .map(|l| {
             format!(
                 "q={}&limit={}&sort={}",
@@ -503,6 +503,14 @@ fn query(a: &QueryArgs) -> anyhow::Result<()> {
                 a.limit,
                 a.sort
             )
+        })
+        .collect();
+    // The peers' kinds (`word`, `and`, `phrase`), so their per-kind rows have one beside them.
+    let kinds: Vec<&str> = lines
+        .iter()
+        .map(|l| match l.split_once('\t') {
+            Some((k @ ("word" | "and" | "phrase"), _)) => k,
+            _ => "query",
         })
         .collect();
     anyhow::ensure!(!queries.is_empty(), "no queries in {}", a.queries.display());
@@ -515,7 +523,8 @@ fn query(a: &QueryArgs) -> anyhow::Result<()> {
     std::thread::scope(|s| -> anyhow::Result<()> {
         let workers: Vec<_> = (0..a.clients)
             .map(|c| {
-                let (queries, base, lat, arrived, hits, text) = (&queries, &base, &lat, &arrived, &hits, &text);
+                let (queries, kinds, base, lat, arrived, hits, text) =
+                    (&queries, &kinds, &base, &lat, &arrived, &hits, &text);
                 s.spawn(move || -> anyhow::Result<()> {
                     let agent = agent();
                     let warm = u32::from(!a.cold);
@@ -523,13 +532,14 @@ fn query(a: &QueryArgs) -> anyhow::Result<()> {
                         // Clients start at different queries so they do not move in step.
                         let n = queries.len();
                         for i in 0..n {
-                            let q = &queries[(i + c as usize * n / a.clients.max(1) as usize) % n];
+                            let at = (i + c as usize * n / a.clients.max(1) as usize) % n;
+                            let q = &queries[at];
                             let t = Instant::now();
                             let (status, _, page, bytes, body, received) = search_once(&agent, base, &a.token, q)?;
                             let us = t.elapsed().as_micros() as u64;
                             anyhow::ensure!(status == 200, "search {q} answered {status}: {body}");
                             if pass >= warm {
-                                lat.lock().expect("lock").push(us);
+                                lat.lock().expect("lock").push((us, kinds[at]));
                                 arrived.lock().expect("lock").push(received.duration_since(t).as_micros() as u64);
                                 hits.fetch_add(page as u64, Ordering::Relaxed);
                                 text.fetch_add(bytes as u64, Ordering::Relaxed);
@@ -546,8 +556,23 @@ fn query(a: &QueryArgs) -> anyhow::Result<()> {
         Ok(())
     })?;
     let secs = started.elapsed().as_secs_f64();
-    let mut lat = lat.into_inner().expect("lock");
+    let mut by_kind: std::collections::BTreeMap<&str, Vec<u64>> = std::collections::BTreeMap::new();
+    let mut lat: Vec<u64> = lat
+        .into_inner()
+        .expect("lock")
+        .into_iter()
+        .map(|(us, kind)| {
+            by_kind.entry(kind).or_default().push(us);
+            us
+        })
+        .collect();
     lat.sort_unstable();
+    for v in by_kind.values_mut() {
+        v.sort_unstable();
+    }
+    let per_kind = |p: f64| -> serde_json::Map<String, Value> {
+        by_kind.iter().map(|(k, v)| (k.to_string(), json!(pct_us(v, p)))).collect()
+    };
     let mut arrived = arrived.into_inner().expect("lock");
     arrived.sort_unstable();
     let out = json!({
@@ -555,6 +580,7 @@ fn query(a: &QueryArgs) -> anyhow::Result<()> {
         "p50_ms": pct_us(&lat, 0.5), "p99_ms": pct_us(&lat, 0.99), "p999_ms": pct_us(&lat, 0.999),
         // The same requests timed to the answer's last byte, before the client parsed it.
         "received_p50_ms": pct_us(&arrived, 0.5), "received_p99_ms": pct_us(&arrived, 0.99),
+        "per_kind_p50_ms": per_kind(0.5), "per_kind_p99_ms": per_kind(0.99),
         "max_ms": pct_us(&lat, 1.0), "mean_ms": lat.iter().sum::<u64>() as f64 / lat.len().max(1) as f64 / 1000.0,
         "hits_per_query": hits.load(Ordering::Relaxed) as f64 / lat.len().max(1) as f64,
         "text_bytes_per_query": text.load(Ordering::Relaxed) as f64 / lat.len().max(1) as f64,

@@ -219,7 +219,9 @@ def search_row(bin_dir, data, port, n, ingest_end, clients, runs):
     print(f"verbatim FTS 200q newest first LIMIT 100 over HTTP with bodies: p50 {r['p50_ms']:.3f} ms p99 {r['p99_ms']:.3f} ms "
           f"(mean {r['mean_ms']:.3f}, {r['hits_per_query']:.1f} hits/query)", flush=True)
     emit(peer="verbatim", what="FTS 200q ORDER BY ts DESC LIMIT 100 via GET /v1/search, bodies + snippets + audit (warm, 1 client)",
-         p50_ms=r["p50_ms"], p99_ms=r["p99_ms"], mean_ms=r["mean_ms"], load=stp.load, note="3 timed passes pooled; 1 warm-up")
+         p50_ms=r["p50_ms"], p99_ms=r["p99_ms"], mean_ms=r["mean_ms"], load=stp.load, note="3 timed passes pooled; 1 warm-up",
+         per_kind_p50_ms=r["per_kind_p50_ms"], per_kind_p99_ms=r["per_kind_p99_ms"],
+         received_p50_ms=r["received_p50_ms"])
     floor_search_row(bin_dir, data, queries)
     sql_hot(port, auditor, n, runs)
     return auditor
