@@ -1007,8 +1007,9 @@ impl Page<'_> {
 
     /// Offers the matches of the segment's newest runs of documents first:
     /// ranges of runs from the end, each at least twice as long as the one
-    /// before ([`next_width`]; a scorer only moves forward), skipping runs whose newest `ts` is
-    /// below the page, and stopping once no run before is newer than it.
+    /// before ([`next_width`]; a scorer only moves forward), skipping runs
+    /// whose newest `ts` is below the page, and stopping once no run before
+    /// is newer than it.
     /// The log appends in time order, so the newest documents are usually
     /// last. Returns the matches seen, and whether that was all of them.
     fn visit_newest_runs(
@@ -1069,9 +1070,9 @@ impl Page<'_> {
 /// a dictionary lookup and a postings open per term), and until the page is
 /// full no run can be skipped. So a sparse query takes, in one range, the
 /// runs that would hold twice the matches it wants at the density read so far
-/// (at least one match per `read` runs): at most about `2 × wanted` matches
-/// are read past the page, and a query of 40 matches in 500 runs needs two
-/// or three scorers instead of ten. A full page doubles the width.
+/// (at least one match per `read` runs). Where matches are spread evenly,
+/// about `2 × wanted` are read, and a query of 40 matches in 500 runs needs
+/// three scorers instead of nine. A full page doubles the width.
 fn next_width(width: usize, read: usize, seen: usize, wanted: usize) -> usize {
     let doubled = width.saturating_mul(2);
     if wanted == 0 {

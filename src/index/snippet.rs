@@ -56,7 +56,7 @@ impl Snippets {
     /// tokenizer says), as tantivy's generator finds it: the tokenizer's
     /// text, lowercased once more (which only matters outside ASCII).
     /// An ASCII word is compared in place, without a copy.
-    fn score_of(&self, text: &str, (from, to, lowercase): (usize, usize, bool), scratch: &mut String) -> Option<Score> {
+    fn score_of(&self, text: &str, (from, to, lowercase): (usize, usize, bool)) -> Option<Score> {
         let span = &text[from..to];
         let found = if span.is_ascii() {
             if lowercase {
@@ -65,13 +65,9 @@ impl Snippets {
                 self.terms.binary_search_by(|(k, _)| k.as_str().cmp(span))
             }
         } else {
-            scratch.clear();
-            if lowercase {
-                scratch.extend(span.chars().flat_map(char::to_lowercase));
-            } else {
-                scratch.push_str(span);
-            }
-            let again = scratch.to_lowercase();
+            let token: String =
+                if lowercase { span.chars().flat_map(char::to_lowercase).collect() } else { span.into() };
+            let again = token.to_lowercase();
             self.terms.binary_search_by(|(k, _)| k.as_str().cmp(&again))
         };
         found.ok().map(|i| self.terms[i].1)
@@ -87,7 +83,6 @@ impl Snippets {
         }
         let mut tokenizer = ChatTokenizer::default();
         let mut stream = tokenizer.token_stream(text);
-        let mut scratch = String::new();
         while let Some(span) = stream.next_span() {
             let (from, to, _) = span;
             if to - current.start > self.max_bytes {
@@ -95,7 +90,7 @@ impl Snippets {
                 current.restart(from);
             }
             current.stop = to;
-            if let Some(score) = self.score_of(text, span, &mut scratch) {
+            if let Some(score) = self.score_of(text, span) {
                 current.score += score;
                 current.highlighted.push(from..to);
             }
