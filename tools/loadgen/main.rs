@@ -515,16 +515,15 @@ fn query(a: &QueryArgs) -> anyhow::Result<()> {
         .collect();
     anyhow::ensure!(!queries.is_empty(), "no queries in {}", a.queries.display());
     let base = a.url.trim_end_matches('/').to_string();
-    let lat = Mutex::new(Vec::new());
-    let arrived = Mutex::new(Vec::new());
+    // Per timed request: (µs to the parsed answer, µs to its last byte, kind).
+    let samples = Mutex::new(Vec::new());
     let hits = AtomicU64::new(0);
     let text = AtomicU64::new(0);
     let started = Instant::now();
     std::thread::scope(|s| -> anyhow::Result<()> {
         let workers: Vec<_> = (0..a.clients)
             .map(|c| {
-                let (queries, kinds, base, lat, arrived, hits, text) =
-                    (&queries, &kinds, &base, &lat, &arrived, &hits, &text);
+                let (queries, kinds, base, samples, hits, text) = (&queries, &kinds, &base, &samples, &hits, &text);
                 s.spawn(move || -> anyhow::Result<()> {
                     let agent = agent();
                     let warm = u32::from(!a.cold);
@@ -539,8 +538,8 @@ fn query(a: &QueryArgs) -> anyhow::Result<()> {
                             let us = t.elapsed().as_micros() as u64;
                             anyhow::ensure!(status == 200, "search {q} answered {status}: {body}");
                             if pass >= warm {
-                                lat.lock().expect("lock").push((us, kinds[at]));
-                                arrived.lock().expect("lock").push(received.duration_since(t).as_micros() as u64);
+                                let arrived = received.duration_since(t).as_micros() as u64;
+                                samples.lock().expect("lock").push((us, arrived, kinds[at]));
                                 hits.fetch_add(page as u64, Ordering::Relaxed);
                                 text.fetch_add(bytes as u64, Ordering::Relaxed);
                             }
@@ -556,25 +555,21 @@ fn query(a: &QueryArgs) -> anyhow::Result<()> {
         Ok(())
     })?;
     let secs = started.elapsed().as_secs_f64();
+    let samples = samples.into_inner().expect("lock");
     let mut by_kind: std::collections::BTreeMap<&str, Vec<u64>> = std::collections::BTreeMap::new();
-    let mut lat: Vec<u64> = lat
-        .into_inner()
-        .expect("lock")
-        .into_iter()
-        .map(|(us, kind)| {
-            by_kind.entry(kind).or_default().push(us);
-            us
-        })
-        .collect();
+    for &(us, _, kind) in &samples {
+        by_kind.entry(kind).or_default().push(us);
+    }
+    let mut lat: Vec<u64> = samples.iter().map(|s| s.0).collect();
     lat.sort_unstable();
+    let mut arrived: Vec<u64> = samples.iter().map(|s| s.1).collect();
+    arrived.sort_unstable();
     for v in by_kind.values_mut() {
         v.sort_unstable();
     }
     let per_kind = |p: f64| -> serde_json::Map<String, Value> {
         by_kind.iter().map(|(k, v)| (k.to_string(), json!(pct_us(v, p)))).collect()
     };
-    let mut arrived = arrived.into_inner().expect("lock");
-    arrived.sort_unstable();
     let out = json!({
         "queries": queries.len(), "clients": a.clients, "passes": a.passes, "cold": a.cold, "requests": lat.len(),
         "p50_ms": pct_us(&lat, 0.5), "p99_ms": pct_us(&lat, 0.99), "p999_ms": pct_us(&lat, 0.999),
