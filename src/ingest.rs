@@ -52,6 +52,10 @@ impl SessionConfig {
 /// Most conversations kept in memory before the cache is dropped (they stay in RocksDB).
 const SESSION_CACHE: usize = 1 << 20;
 
+/// Most sources whose highest seq is kept in memory before the map is
+/// dropped at a commit (it is read again from RocksDB, one seek per source).
+const HIGHEST_CACHE: usize = 1 << 16;
+
 /// An idempotency key admitted in a block that is not durable yet, with
 /// the digest of its event, since the log cannot be read back for it.
 #[derive(Clone, Copy, Debug)]
@@ -71,6 +75,11 @@ pub struct IngestSequencer {
     sessions: HashMap<Vec<u8>, Session>,
     pending_keys: HashMap<Vec<u8>, Pending>,
     pending_sessions: HashMap<Vec<u8>, Session>,
+    /// Per source, a seq at or above every seq it has stored or pending
+    /// (`None`: nothing). A capture front end numbers its events upwards,
+    /// so a new event's seq is above it and needs no lookup; the bound is
+    /// only ever raised, so a failed block leaves it merely high.
+    highest: HashMap<String, Option<u64>>,
     /// Set when the state could not record a durable block.
     broken: Option<String>,
 }
@@ -92,6 +101,7 @@ impl IngestSequencer {
             sessions: HashMap::new(),
             pending_keys: HashMap::new(),
             pending_sessions: HashMap::new(),
+            highest: HashMap::new(),
             broken: None,
         };
         seq.catch_up(reader)?;
@@ -133,6 +143,17 @@ impl IngestSequencer {
         self.state.write(&batch, head)?;
         self.state.flush()?;
         Ok(())
+    }
+
+    /// The bound on `source`'s stored and pending seqs, read from RocksDB
+    /// the first time.
+    fn highest(&mut self, source: &str) -> Result<&mut Option<u64>, AppendError> {
+        if !self.highest.contains_key(source) {
+            let h =
+                self.state.highest_seq(source).map_err(|e| AppendError::Unavailable(format!("ingest state: {e}")))?;
+            self.highest.insert(source.to_string(), h);
+        }
+        Ok(self.highest.get_mut(source).expect("just inserted"))
     }
 
     /// The offset and digest of the event already stored under `key`, if
@@ -190,13 +211,22 @@ impl Sequencer for IngestSequencer {
         let mut in_batch: HashMap<Vec<u8>, (usize, [u8; 16])> = HashMap::new();
         let mut keys = Vec::with_capacity(batch.len());
         for (i, r) in batch.iter().enumerate() {
-            let key = dedup_key(r.event.source.as_str(), r.event.seq);
+            let (source, seq) = (r.event.source.as_str(), r.event.seq);
+            let key = dedup_key(source, seq);
             let digest = event_digest(&r.event);
+            let highest = self.highest(source)?;
+            let above = highest.is_none_or(|h| seq > h);
+            if above {
+                *highest = Some(seq);
+            }
             let decision = if let Some(&(j, d)) = in_batch.get(&key) {
                 if d != digest {
                     return Err(AppendError::ConflictInBatch { index: i });
                 }
                 Decision::DuplicateOf(j)
+            } else if above {
+                in_batch.insert(key.clone(), (i, digest));
+                Decision::New
             } else if let Some((offset, stored)) = self.stored(&key)? {
                 if stored != digest {
                     return Err(AppendError::Conflict { index: i, offset });
@@ -257,7 +287,12 @@ impl Sequencer for IngestSequencer {
             let why = e.to_string();
             self.broken = Some(why.clone());
             why
-        })
+        })?;
+        // Only here, with nothing pending: RocksDB holds every key.
+        if self.highest.len() > HIGHEST_CACHE {
+            self.highest.clear();
+        }
+        Ok(())
     }
 
     fn abort(&mut self) {
@@ -416,13 +451,41 @@ mod tests {
         assert_eq!(seq.admit(&mut changed, log.head()), Err(AppendError::Conflict { index: 1, offset: Offset(2) }));
         seq.abort();
         // A state that points a key at another event is refused, never trusted.
-        let wrong = StateBatch { keys: vec![(dedup_key("proxy-1", 99), Offset(0))], sessions: vec![] };
+        let wrong = StateBatch { keys: vec![(dedup_key("proxy-1", 2), Offset(0))], sessions: vec![] };
         seq.state.write(&wrong, log.head()).expect("write");
-        let mut retry = vec![ev(99, "irc", "alice", &["bob"], None, (0, 9))];
+        let mut retry = vec![ev(2, "irc", "alice", &["bob"], None, (0, 2))];
         match seq.admit(&mut retry, log.head()) {
             Err(AppendError::Unavailable(why)) => assert!(why.contains("holds another event"), "{why}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn seqs_below_the_highest_are_looked_up_and_seqs_above_it_are_new() {
+        let mut a = Archive::new();
+        let at = |seq: u64| ev(seq, "irc", "alice", &["bob"], None, (0, seq as i64));
+        a.add(at(10));
+        for restart in [false, true] {
+            if restart {
+                a.reopen();
+            }
+            let log = a.log.as_mut().expect("log");
+            let seq = a.seq.as_mut().expect("seq");
+            // Below the highest seq: new if never stored, a duplicate if it is.
+            let mut batch = vec![at(10), at(5), at(11), at(5)];
+            let dups = seq.admit(&mut batch, log.head()).expect("admit");
+            assert_eq!(dups, vec![(0, Offset(0)), (3, Offset(1))]);
+            assert_eq!(batch.iter().map(|r| r.event.seq).collect::<Vec<_>>(), vec![5, 11]);
+            // A block that fails leaves its seqs free: a retry is new again.
+            seq.abort();
+        }
+        // A failed block raised the bound to 11 without storing 11: a
+        // lookup finds nothing, and the retry is stored once.
+        assert!(a.add(at(11)).is_some());
+        let log = a.log.as_mut().expect("log");
+        let seq = a.seq.as_mut().expect("seq");
+        let mut again = vec![at(11), at(12)];
+        assert_eq!(seq.admit(&mut again, log.head()).expect("admit"), vec![(0, Offset(1))]);
     }
 
     #[test]

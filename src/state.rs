@@ -129,6 +129,22 @@ impl StateDb {
         Ok(Some(decode_offset(&v).ok_or_else(|| anyhow::anyhow!("bad idempotency entry of {} bytes", v.len()))?))
     }
 
+    /// The highest `seq` of `source` that holds an idempotency key, if any
+    /// (keys sort by source, then by big-endian seq).
+    pub fn highest_seq(&self, source: &str) -> anyhow::Result<Option<u64>> {
+        let last = dedup_key(source, u64::MAX);
+        let prefix = &last[..last.len() - 8];
+        let mut it = self.db.raw_iterator();
+        it.seek_for_prev(&last);
+        it.status()?;
+        Ok(match it.key() {
+            Some(k) if k.len() == last.len() && k.starts_with(prefix) => {
+                Some(u64::from_be_bytes(k[prefix.len()..].try_into()?))
+            }
+            _ => None,
+        })
+    }
+
     pub fn session(&self, key: &[u8]) -> anyhow::Result<Option<Session>> {
         let Some(v) = self.db.get(key)? else { return Ok(None) };
         anyhow::ensure!(v.len() == 16, "bad conversation entry");
@@ -202,6 +218,13 @@ mod tests {
         assert_eq!(db.stored(&dedup_key("proxy-1", 9)).expect("read"), None);
         assert_eq!(db.watermark().expect("watermark"), Offset(301));
         db.db.put(dedup_key("proxy-1", 10), [0x80]).expect("put");
+        // The highest seq is per source: "proxy-10" and "proxy-" are others.
+        db.db.put(dedup_key("proxy-10", 3), [0x01]).expect("put");
+        assert_eq!(db.highest_seq("proxy-1").expect("seek"), Some(10));
+        assert_eq!(db.highest_seq("proxy-10").expect("seek"), Some(3));
+        assert_eq!(db.highest_seq("proxy-").expect("seek"), None);
+        assert_eq!(db.highest_seq("proxy-2").expect("seek"), None);
+        assert_eq!(db.highest_seq("a").expect("seek"), None);
         assert!(db.stored(&dedup_key("proxy-1", 10)).is_err(), "a damaged entry is an error, not a miss");
     }
 }
