@@ -70,6 +70,10 @@ pub struct LogConfig {
     pub segment_max_age_secs: u64,
     /// zstd level of the blocks written at commit time (0 = uncompressed).
     pub compression_level: i32,
+    /// Blocks of fewer raw bytes are written uncompressed at commit time:
+    /// zstd gains little on a few events and its table building is most of
+    /// its cost there, on the ack path. Sealing compresses them later.
+    pub compress_min_bytes: usize,
     /// Raw size of the blocks a sealed segment is rewritten into.
     pub sealed_block_bytes: usize,
     /// zstd level used when sealing.
@@ -95,6 +99,7 @@ impl Default for LogConfig {
             segment_max_bytes: 64 << 20,
             segment_max_age_secs: 3_600,
             compression_level: 1,
+            compress_min_bytes: 4096,
             sealed_block_bytes: 1 << 20,
             sealed_compression_level: 3,
             max_block_bytes: 32 << 20,

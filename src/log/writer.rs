@@ -230,7 +230,8 @@ impl Log {
             return Ok((ranges, BlockStats::default()));
         }
         let path = self.active.view.path.clone();
-        let block = match builder.finish(first, chain, self.compressor.as_mut()) {
+        let compressor = self.compressor.as_mut().filter(|_| builder.raw_len() >= self.config.compress_min_bytes);
+        let block = match builder.finish(first, chain, compressor) {
             Ok(b) => b,
             Err(e) => return Err(io_err("compress", &path)(e)),
         };

@@ -65,7 +65,9 @@ fn crash_and_reconcile(
 
 fn run(ops: Vec<Op>) {
     let storage = MemStorage::new();
-    let config = small_config();
+    // Appends of 1-5 records of 0-699 bytes: blocks on both sides of the
+    // threshold, stored uncompressed and compressed.
+    let config = LogConfig { compress_min_bytes: 1024, ..small_config() };
     let mut log = open(&storage, &config).expect("open");
     let mut model: Vec<Record> = Vec::new();
     let mut n = 0u64;
@@ -172,4 +174,48 @@ fn torn_append_after_failed_fsync_is_cut_off_or_kept_whole() {
             Op::Append(vec![5]),
         ]);
     }
+}
+
+/// The compression byte of every block of the file `name` in the log directory.
+fn compressions(storage: &MemStorage, name: &str) -> Vec<crate::log::frame::Compression> {
+    use crate::log::io::Storage;
+    let file = storage.open_read(&Path::new(DIR).join(name)).expect("open");
+    let end = crate::log::io::read_all(&*file).expect("read").len() as u64;
+    let scan = crate::log::segment::scan(&*file, Offset::ZERO, end);
+    scan.blocks.iter().map(|(_, h)| h.compression).collect()
+}
+
+#[test]
+fn blocks_under_the_threshold_are_stored_uncompressed_until_sealed() {
+    use crate::log::frame::Compression::{None as Raw, Zstd};
+    use crate::log::io::Storage;
+    let storage = MemStorage::new();
+    let config = LogConfig { compress_min_bytes: 2048, segment_max_bytes: 1 << 20, ..small_config() };
+    let mut log = open(&storage, &config).expect("open");
+    let mut model = Vec::new();
+    let mut n = 0;
+    // One short event, three long ones (over 2 KiB together), one short.
+    for (count, len) in [(1, 100), (3, 1000), (1, 50)] {
+        let mut batch: Vec<Record> = (0..count)
+            .map(|_| {
+                n += 1;
+                record(n, len)
+            })
+            .collect();
+        log.append(std::slice::from_mut(&mut batch)).expect("append");
+        model.extend(batch);
+    }
+    let names = storage.list(Path::new(DIR)).expect("list");
+    let [active] = &names[..] else { panic!("want one segment, got {names:?}") };
+    assert_eq!(compressions(&storage, active), vec![Raw, Zstd, Raw]);
+    assert_holds(&log.reader(), &model);
+    log.roll().expect("roll");
+    log.seal_pending().expect("seal");
+    assert_holds(&log.reader(), &model);
+    let sealed = storage.list(Path::new(DIR)).expect("list");
+    let sealed = sealed
+        .iter()
+        .find(|n| matches!(crate::log::segment::parse_name(n), Some((_, crate::log::segment::FileKind::Sealed))))
+        .expect("a sealed segment");
+    assert_eq!(compressions(&storage, sealed), vec![Zstd], "sealing regroups and compresses the small blocks");
 }
