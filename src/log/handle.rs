@@ -1,8 +1,11 @@
 //! The one writer task: appenders send batches into a bounded queue; a
 //! dedicated thread takes everything waiting (up to a block's worth), writes it
 //! as one block with one fsync, and then completes every appender's ack. A
-//! second thread seals rolled segments so sealing never delays an ack.
+//! second thread seals rolled segments so sealing never delays an ack, and a
+//! third makes the next segment's file ahead (`spare.rs`) so a roll does not
+//! either.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -128,6 +131,15 @@ fn writer_loop(mut log: Log, mut sequencer: Box<dyn Sequencer>, rx: mpsc::Receiv
             }
         })
         .expect("spawning the log sealer thread");
+    let spare = Arc::new(log.spare_maker());
+    let stop_spare = Arc::new(AtomicBool::new(false));
+    let spare_thread = {
+        let (spare, stop) = (spare.clone(), stop_spare.clone());
+        std::thread::Builder::new()
+            .name("log-spare".into())
+            .spawn(move || spare.run(&|| stop.load(Ordering::Acquire)))
+            .expect("spawning the log spare-segment thread")
+    };
     let limit = log.config().max_block_bytes;
     let mut closing = None;
     let mut last_recovery = Instant::now();
@@ -201,6 +213,9 @@ fn writer_loop(mut log: Log, mut sequencer: Box<dyn Sequencer>, rx: mpsc::Receiv
     }
     drop(seal_tx);
     let _ = seal_thread.join();
+    stop_spare.store(true, Ordering::Release);
+    spare.wake();
+    let _ = spare_thread.join();
     let result = log.close().map_err(|e| e.to_string());
     if let Err(e) = &result {
         error!("closing the log: {e}");
@@ -251,6 +266,49 @@ mod tests {
         assert_eq!(handle.reader().get(Offset(2)).expect("read").event.seq, 3);
         handle.close().await.expect("close");
         thread.join().expect("writer thread");
+    }
+
+    /// The writer asks for the next segment's file once the active one is
+    /// half full, the spare thread makes it, and the roll installs it.
+    #[tokio::test]
+    async fn the_writer_rolls_into_a_segment_made_ahead() {
+        use crate::log::io::Storage;
+        use crate::log::spare::SPARE_NAME;
+        let storage = MemStorage::new();
+        let dir = Path::new("/data/log");
+        let config =
+            crate::log::LogConfig { segment_max_bytes: 64 << 10, preallocate_bytes: 4 << 10, ..small_config() };
+        let log = Log::open(Arc::new(storage.clone()), dir, config).expect("open");
+        let (handle, thread) = LogHandle::start(log, Box::new(PassThrough), Arc::new(LogMetrics::default()));
+        let listed = |name: &str| storage.list(dir).expect("list").iter().any(|n| n == name);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let n = std::cell::Cell::new(0);
+        let append = || {
+            n.set(n.get() + 1);
+            handle.append(vec![record(n.get(), 1000)])
+        };
+        while !listed(SPARE_NAME) {
+            append().await.expect("append");
+            assert!(Instant::now() < deadline, "no spare was made");
+            if n.get() > 200 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        let active = || {
+            let names = storage.list(dir).expect("list");
+            dir.join(names.into_iter().rfind(|n| n.ends_with(".partial")).expect("an active segment"))
+        };
+        let before = active();
+        while listed(SPARE_NAME) {
+            append().await.expect("append");
+            assert!(Instant::now() < deadline, "the spare was not used");
+        }
+        let active = active();
+        assert_ne!(active, before, "rolled into the spare");
+        assert_eq!(storage.open_read(&active).expect("open").len().expect("len"), 64 << 10, "the spare's zeros");
+        handle.close().await.expect("close");
+        thread.join().expect("writer thread");
+        assert!(!listed(SPARE_NAME), "close leaves no spare");
     }
 
     #[tokio::test]
