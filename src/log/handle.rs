@@ -192,7 +192,6 @@ fn writer_loop(mut log: Log, mut sequencer: Box<dyn Sequencer>, rx: mpsc::Receiv
                 continue;
             }
             let segments = log.shared().segment_count();
-            let rolled_at = log.head();
             let failed_before = log.failure().is_some();
             // `writer_failed` is raised by write_group before any appender
             // hears of the failure.
@@ -207,7 +206,9 @@ fn writer_loop(mut log: Log, mut sequencer: Box<dyn Sequencer>, rx: mpsc::Receiv
                 last_recovery = Instant::now();
             }
             if log.shared().segment_count() != segments {
-                let _ = seal_tx.send(rolled_at);
+                // A roll before the block or (into a spare) after it: every
+                // segment before the active one is the sealer's.
+                let _ = seal_tx.send(log.active_first());
             }
         }
     }
@@ -306,6 +307,12 @@ mod tests {
         let active = active();
         assert_ne!(active, before, "rolled into the spare");
         assert_eq!(storage.open_read(&active).expect("open").len().expect("len"), 64 << 10, "the spare's zeros");
+        // The segment it rolled from is sealed in the background.
+        let partials = || storage.list(dir).expect("list").iter().filter(|n| n.ends_with(".partial")).count();
+        while partials() > 1 {
+            assert!(Instant::now() < deadline, "the rolled segment was not sealed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         handle.close().await.expect("close");
         thread.join().expect("writer thread");
         assert!(!listed(SPARE_NAME), "close leaves no spare");

@@ -174,6 +174,12 @@ impl Log {
         self.active.view.tail().end_offset
     }
 
+    /// The first offset of the active segment; every segment before it has
+    /// rolled.
+    pub fn active_first(&self) -> Offset {
+        self.active.view.first
+    }
+
     pub fn reader(&self) -> LogReader {
         LogReader::new(self.shared.clone())
     }
@@ -343,20 +349,37 @@ impl Log {
         Ok(())
     }
 
-    /// Extends the reserved zeros once fewer than half a chunk is left, so
-    /// that an append rarely waits for a reservation, and once the active
-    /// segment is half full asks for the next segment's file to be made
-    /// ahead ([`Log::spare_maker`]). The writer thread calls it after
-    /// answering a block; a failure stops the writer (and is for the next
-    /// append to report).
+    /// Prepares for the next blocks; the writer thread calls it after
+    /// answering a block. Once the active segment holds
+    /// [`Log::spare_threshold`] bytes it asks for the next segment's file
+    /// to be made ahead ([`Log::spare_maker`]). A segment whose zeros the
+    /// writer reserves itself (the first after a start, or one made when no
+    /// spare was ready) rolls into a ready spare at once, leaving a short
+    /// segment, so the writer stops reserving. Otherwise it extends the
+    /// reserved zeros once fewer than half a chunk is left, so that an
+    /// append rarely waits for a reservation. A failure stops the writer
+    /// (and is for the next append to report).
     pub fn reserve_ahead(&mut self) -> Result<(), LogError> {
         if self.failed.is_some() {
             return Ok(());
         }
-        if self.reserve_chunk() > 0 && self.active.size >= self.config.segment_max_bytes / 2 {
+        let chunk = self.reserve_chunk();
+        if chunk > 0 && self.active.size >= self.spare_threshold() {
             self.spare.want();
         }
-        self.reserve(self.active.size + self.reserve_chunk() / 2)
+        if self.active.file.file_len() < self.config.segment_max_bytes && self.spare.is_ready() {
+            return self.roll();
+        }
+        self.reserve(self.active.size + chunk / 2)
+    }
+
+    /// Bytes in the active segment from which the next segment's file is
+    /// wanted: half a segment, or four reservation chunks if less (4 MiB by
+    /// default), so that a server past its first few MiB of log stops
+    /// reserving on the writer thread, and a log that stays small never
+    /// makes a spare.
+    fn spare_threshold(&self) -> u64 {
+        (self.config.segment_max_bytes / 2).min(self.reserve_chunk().saturating_mul(4))
     }
 
     /// What makes the next segment's file ahead, off the writer thread;

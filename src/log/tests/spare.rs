@@ -22,6 +22,10 @@ fn active_name(log: &Log) -> String {
     seg.path.file_name().expect("name").to_string_lossy().into_owned()
 }
 
+/// The first segment reserves its own zeros until a spare is wanted (at
+/// four chunks here, under half a segment) and ready; it then rolls into
+/// the spare at once. A segment made from a spare wants the next one at the
+/// same size, but keeps its blocks until it is full.
 #[test]
 fn the_next_segment_is_made_ahead_and_installed_at_the_roll() {
     let storage = MemStorage::new();
@@ -37,32 +41,46 @@ fn the_next_segment_is_made_ahead_and_installed_at_the_roll() {
         model.extend(batch);
         log.reserve_ahead().expect("reserve ahead");
     };
+    let data_end = |log: &Log| log.shared().segments().last().expect("active").tail().data_end;
 
-    // Under half full nothing is asked for.
-    while log.shared().segments().last().expect("active").tail().data_end < 30 << 10 {
+    // Under four chunks nothing is asked for.
+    while data_end(&log) < 15 << 10 {
         append(&mut log, &mut model);
-        assert!(!maker.make_wanted().expect("make"), "a spare made before the segment was half full");
+        assert!(!maker.make_wanted().expect("make"), "a spare made at {} bytes", data_end(&log));
     }
     let first = active_name(&log);
-    while log.shared().segments().last().expect("active").tail().data_end < 32 << 10 {
+    while data_end(&log) < 16 << 10 {
         append(&mut log, &mut model);
     }
-    assert!(maker.make_wanted().expect("make"), "half full: a spare is wanted");
+    assert!(maker.make_wanted().expect("make"), "four chunks in: a spare is wanted");
     assert!(!maker.make_wanted().expect("make"), "one spare at a time");
     assert!(names(&storage).contains(&SPARE_NAME.to_string()));
     assert_eq!(file_len(&storage, SPARE_NAME), 64 << 10, "the spare is a whole segment of zeros");
+    assert!(file_len(&storage, &first) < 64 << 10, "the first segment reserved its own zeros");
 
-    while active_name(&log) == first {
-        append(&mut log, &mut model);
-    }
+    // The next block's reserve_ahead rolls the short first segment into it.
+    append(&mut log, &mut model);
     let second = active_name(&log);
+    assert_ne!(second, first, "rolled into the spare early");
     assert!(!names(&storage).contains(&SPARE_NAME.to_string()), "the spare became {second}");
     assert_eq!(file_len(&storage, &second), 64 << 10, "the new segment is the spare, zeros and all");
-    // Its blocks go into those zeros: no reservation grows the file.
+
+    // A segment made from a spare: the next spare is made, but no early roll.
+    while data_end(&log) < 16 << 10 {
+        append(&mut log, &mut model);
+    }
+    assert!(maker.make_wanted().expect("make"));
     for _ in 0..10 {
         append(&mut log, &mut model);
     }
-    assert_eq!(file_len(&storage, &second), 64 << 10);
+    assert_eq!(active_name(&log), second, "a segment made from a spare rolls only when full");
+    assert_eq!(file_len(&storage, &second), 64 << 10, "its blocks went into its zeros");
+    while active_name(&log) == second {
+        append(&mut log, &mut model);
+    }
+    let third = active_name(&log);
+    assert_eq!(file_len(&storage, &third), 64 << 10);
+    assert!(!names(&storage).contains(&SPARE_NAME.to_string()));
     assert_holds(&log.reader(), &model);
 
     // A crash: what was acknowledged is there, and the zeros are cut.
@@ -70,8 +88,7 @@ fn the_next_segment_is_made_ahead_and_installed_at_the_roll() {
     storage.crash(|n| n / 2);
     let log = open(&storage, &config).expect("reopen");
     assert_holds(&log.reader(), &model);
-    let data_end = log.shared().segments().last().expect("active").tail().data_end;
-    assert_eq!(file_len(&storage, &second), data_end);
+    assert_eq!(file_len(&storage, &third), data_end(&log));
     let report = verify_dir(&storage, Path::new(DIR), &mut |_| {}).expect("verify runs");
     assert_eq!((report.problem, report.records), (None, model.len() as u64));
     log.close().expect("close");
