@@ -116,18 +116,13 @@ pub async fn get_capacity(
         compression,
     };
     let data = s.data_dir.clone();
-    let log_shared = s.log.reader().shared().clone();
     let disk = tokio::task::spawn_blocking(move || {
         let bytes = |p: &str| dir_bytes(&data.join(p));
-        // The log's data, not the zeros written ahead of it: those are a
-        // constant, at most two segments' worth, not growth.
-        let log = log_shared.data_bytes();
-        let preallocated = bytes("log").saturating_sub(log);
-        (log, preallocated, bytes("index"), bytes("rollup"), bytes("state"), volume(&data))
+        (bytes("log"), bytes("index"), bytes("rollup"), bytes("state"), volume(&data))
     })
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let (log, preallocated, index, rollup, state, vol) = disk;
+    let (log, index, rollup, state, vol) = disk;
     let used = (log + index + rollup + state) as f64;
     let per_user_day = if seats * days > 0.0 { used / (seats * days) } else { 0.0 };
     // Growth: what the archive holds, over the days it took to receive it.
@@ -138,8 +133,7 @@ pub async fn get_capacity(
         "formula": sizing::SizingInput::sizing(&input),
         "measured": {
             "parameters": row,
-            "bytes_on_disk": {"log": log, "index": index, "rollups": rollup, "state": state, "total": used,
-                              "log_preallocated": preallocated},
+            "bytes_on_disk": {"log": log, "index": index, "rollups": rollup, "state": state, "total": used},
             "bytes_per_user_per_day": per_user_day,
             "mb_per_user_per_month": 30.0 * per_user_day / sizing::MB,
             "consistent_formula_bytes_per_user_per_day": input.consistent().bytes_per_user_per_day,

@@ -1,11 +1,8 @@
 //! The one writer task: appenders send batches into a bounded queue; a
 //! dedicated thread takes everything waiting (up to a block's worth), writes it
 //! as one block with one fsync, and then completes every appender's ack. A
-//! second thread seals rolled segments so sealing never delays an ack, and a
-//! third makes the next segment's file ahead (`spare.rs`) so a roll does not
-//! either.
+//! second thread seals rolled segments so sealing never delays an ack.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -131,15 +128,6 @@ fn writer_loop(mut log: Log, mut sequencer: Box<dyn Sequencer>, rx: mpsc::Receiv
             }
         })
         .expect("spawning the log sealer thread");
-    let spare = Arc::new(log.spare_maker());
-    let stop_spare = Arc::new(AtomicBool::new(false));
-    let spare_thread = {
-        let (spare, stop) = (spare.clone(), stop_spare.clone());
-        std::thread::Builder::new()
-            .name("log-spare".into())
-            .spawn(move || spare.run(&|| stop.load(Ordering::Acquire)))
-            .expect("spawning the log spare-segment thread")
-    };
     let limit = log.config().max_block_bytes;
     let mut closing = None;
     let mut last_recovery = Instant::now();
@@ -192,6 +180,7 @@ fn writer_loop(mut log: Log, mut sequencer: Box<dyn Sequencer>, rx: mpsc::Receiv
                 continue;
             }
             let segments = log.shared().segment_count();
+            let rolled_at = log.head();
             let failed_before = log.failure().is_some();
             // `writer_failed` is raised by write_group before any appender
             // hears of the failure.
@@ -206,17 +195,12 @@ fn writer_loop(mut log: Log, mut sequencer: Box<dyn Sequencer>, rx: mpsc::Receiv
                 last_recovery = Instant::now();
             }
             if log.shared().segment_count() != segments {
-                // A roll before the block or (into a spare) after it: every
-                // segment before the active one is the sealer's.
-                let _ = seal_tx.send(log.active_first());
+                let _ = seal_tx.send(rolled_at);
             }
         }
     }
     drop(seal_tx);
     let _ = seal_thread.join();
-    stop_spare.store(true, Ordering::Release);
-    spare.wake();
-    let _ = spare_thread.join();
     let result = log.close().map_err(|e| e.to_string());
     if let Err(e) = &result {
         error!("closing the log: {e}");
@@ -267,55 +251,6 @@ mod tests {
         assert_eq!(handle.reader().get(Offset(2)).expect("read").event.seq, 3);
         handle.close().await.expect("close");
         thread.join().expect("writer thread");
-    }
-
-    /// The writer asks for the next segment's file once the active one is
-    /// half full, the spare thread makes it, and the roll installs it.
-    #[tokio::test]
-    async fn the_writer_rolls_into_a_segment_made_ahead() {
-        use crate::log::io::Storage;
-        use crate::log::spare::SPARE_NAME;
-        let storage = MemStorage::new();
-        let dir = Path::new("/data/log");
-        let config =
-            crate::log::LogConfig { segment_max_bytes: 64 << 10, preallocate_bytes: 4 << 10, ..small_config() };
-        let log = Log::open(Arc::new(storage.clone()), dir, config).expect("open");
-        let (handle, thread) = LogHandle::start(log, Box::new(PassThrough), Arc::new(LogMetrics::default()));
-        let listed = |name: &str| storage.list(dir).expect("list").iter().any(|n| n == name);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let n = std::cell::Cell::new(0);
-        let append = || {
-            n.set(n.get() + 1);
-            handle.append(vec![record(n.get(), 1000)])
-        };
-        while !listed(SPARE_NAME) {
-            append().await.expect("append");
-            assert!(Instant::now() < deadline, "no spare was made");
-            if n.get() > 200 {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-        let active = || {
-            let names = storage.list(dir).expect("list");
-            dir.join(names.into_iter().rfind(|n| n.ends_with(".partial")).expect("an active segment"))
-        };
-        let before = active();
-        while listed(SPARE_NAME) {
-            append().await.expect("append");
-            assert!(Instant::now() < deadline, "the spare was not used");
-        }
-        let active = active();
-        assert_ne!(active, before, "rolled into the spare");
-        assert_eq!(storage.open_read(&active).expect("open").len().expect("len"), 64 << 10, "the spare's zeros");
-        // The segment it rolled from is sealed in the background.
-        let partials = || storage.list(dir).expect("list").iter().filter(|n| n.ends_with(".partial")).count();
-        while partials() > 1 {
-            assert!(Instant::now() < deadline, "the rolled segment was not sealed");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        handle.close().await.expect("close");
-        thread.join().expect("writer thread");
-        assert!(!listed(SPARE_NAME), "close leaves no spare");
     }
 
     #[tokio::test]

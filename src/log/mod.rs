@@ -8,7 +8,6 @@
 //! - [`recovery`]: opening a log directory after a clean stop or a crash;
 //! - [`writer`]: the synchronous writer core (stamp, encode, write, fsync, roll);
 //! - [`seal`]: sealing a rolled segment into large blocks plus a footer;
-//! - [`spare`]: the next segment's file, made ahead off the writer thread;
 //! - [`reader`]: reads by offset and iteration through the sparse block index;
 //! - [`cache`]: decoded blocks kept for the read path;
 //! - [`sequencer`]: what decides, in log order, what each batch appends;
@@ -26,7 +25,6 @@ pub mod recovery;
 pub mod seal;
 pub mod segment;
 pub mod sequencer;
-pub mod spare;
 pub mod verify;
 pub mod writer;
 
@@ -87,8 +85,7 @@ pub struct LogConfig {
     pub queue_depth: usize,
     /// Zeros reserved (written and synced) ahead of the active segment's
     /// end, so that a block's fdatasync has no file size to journal; 0 turns
-    /// this off. At most `segment_max_bytes` are reserved at a time. It is
-    /// also the step in which the next segment's file is made ahead.
+    /// this off. At most `segment_max_bytes` are reserved at a time.
     pub preallocate_bytes: u64,
     pub recovery: RecoveryMode,
     /// Capture times too far from the server clock are flagged with this.
@@ -215,19 +212,6 @@ impl LogShared {
     /// How many segments there are (a roll adds one).
     pub fn segment_count(&self) -> usize {
         self.segments.read().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    /// Bytes of log data on disk: sealed segments whole, unsealed ones up
-    /// to their last durable block, without the zeros reserved after it
-    /// (and without the next segment's file made ahead, `spare.rs`).
-    pub fn data_bytes(&self) -> u64 {
-        self.segments()
-            .iter()
-            .map(|s| match s.kind {
-                FileKind::Sealed => s.file.len().unwrap_or(0),
-                _ => s.tail().data_end,
-            })
-            .sum()
     }
 
     /// The segment holding `offset`, if any.

@@ -19,7 +19,7 @@ use super::io::{create_dir_durable, AppendFile, Storage};
 use super::reader::LogReader;
 use super::recovery::open_segments;
 use super::segment::{self, BlockEntry, FileKind, SegmentHeader, HEADER_SIZE};
-use super::{io_err, seal, spare, LogConfig, LogError, LogShared, SegmentTail, SegmentView};
+use super::{io_err, seal, LogConfig, LogError, LogShared, SegmentTail, SegmentView};
 
 /// What one block write did, for metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -50,8 +50,6 @@ pub struct Log {
     failed: Option<String>,
     encode_buf: Vec<u8>,
     compressor: Option<zstd::bulk::Compressor<'static>>,
-    /// The next segment's file, made ahead by a [`spare::SpareMaker`].
-    spare: Arc<spare::Slot>,
 }
 
 impl std::fmt::Debug for Log {
@@ -66,37 +64,6 @@ fn create_segment(storage: &dyn Storage, dir: &Path, first: Offset, prev: ChainH
     file.append(&SegmentHeader { first_offset: first, prev_chain: prev }.encode()).map_err(io_err("write", &path))?;
     file.sync_data().map_err(io_err("sync", &path))?;
     storage.sync_dir(dir).map_err(io_err("sync", dir))?;
-    activate(storage, file, path, first, prev)
-}
-
-/// Makes the spare (`spare.rs`) the next segment: its header over the first
-/// zeros, synced, then the rename into place, made durable. A crash before
-/// the directory sync leaves either a spare (removed at open) or an empty
-/// `.partial` followed by zeros, which opens as an empty active segment.
-fn install_spare(
-    storage: &dyn Storage,
-    dir: &Path,
-    mut file: Box<dyn AppendFile>,
-    first: Offset,
-    prev: ChainHash,
-) -> Result<Active, LogError> {
-    let from = dir.join(spare::SPARE_NAME);
-    let path = dir.join(segment::file_name(first, FileKind::Partial));
-    file.append(&SegmentHeader { first_offset: first, prev_chain: prev }.encode()).map_err(io_err("write", &from))?;
-    file.sync_data().map_err(io_err("sync", &from))?;
-    storage.rename(&from, &path).map_err(io_err("rename", &from))?;
-    storage.sync_dir(dir).map_err(io_err("sync", dir))?;
-    activate(storage, file, path, first, prev)
-}
-
-/// The active segment over a new file holding only its header.
-fn activate(
-    storage: &dyn Storage,
-    file: Box<dyn AppendFile>,
-    path: PathBuf,
-    first: Offset,
-    prev: ChainHash,
-) -> Result<Active, LogError> {
     let read = storage.open_read(&path).map_err(io_err("open", &path))?;
     let tail = SegmentTail { blocks: Vec::new(), data_end: HEADER_SIZE, end_offset: first, last_chain: prev };
     let view = Arc::new(SegmentView {
@@ -116,7 +83,6 @@ impl Log {
     pub fn open(storage: Arc<dyn Storage>, dir: &Path, config: LogConfig) -> Result<Self, LogError> {
         create_dir_durable(&*storage, dir).map_err(io_err("create", dir))?;
         let opened = open_segments(&*storage, dir, &config, true)?;
-        spare::remove_leftover(&*storage, dir)?;
         let shared = Arc::new(LogShared::default());
         let mut last_received_at = i64::MIN;
         for s in &opened.segments {
@@ -163,7 +129,6 @@ impl Log {
             failed: None,
             encode_buf: Vec::new(),
             compressor,
-            spare: Arc::default(),
         };
         log.seal_pending()?;
         Ok(log)
@@ -172,12 +137,6 @@ impl Log {
     /// The offset the next record will get.
     pub fn head(&self) -> Offset {
         self.active.view.tail().end_offset
-    }
-
-    /// The first offset of the active segment; every segment before it has
-    /// rolled.
-    pub fn active_first(&self) -> Offset {
-        self.active.view.first
     }
 
     pub fn reader(&self) -> LogReader {
@@ -349,43 +308,15 @@ impl Log {
         Ok(())
     }
 
-    /// Prepares for the next blocks; the writer thread calls it after
-    /// answering a block. Once the active segment holds
-    /// [`Log::spare_threshold`] bytes it asks for the next segment's file
-    /// to be made ahead ([`Log::spare_maker`]). A segment whose zeros the
-    /// writer reserves itself (the first after a start, or one made when no
-    /// spare was ready) rolls into a ready spare at once, leaving a short
-    /// segment, so the writer stops reserving. Otherwise it extends the
-    /// reserved zeros once fewer than half a chunk is left, so that an
-    /// append rarely waits for a reservation. A failure stops the writer
-    /// (and is for the next append to report).
+    /// Extends the reserved zeros once fewer than half a chunk is left, so
+    /// that an append rarely waits for a reservation. The
+    /// writer thread calls it after answering a block; a failure stops the
+    /// writer (and is for the next append to report).
     pub fn reserve_ahead(&mut self) -> Result<(), LogError> {
         if self.failed.is_some() {
             return Ok(());
         }
-        let chunk = self.reserve_chunk();
-        if chunk > 0 && self.active.size >= self.spare_threshold() {
-            self.spare.want();
-        }
-        if self.active.file.file_len() < self.config.segment_max_bytes && self.spare.is_ready() {
-            return self.roll();
-        }
-        self.reserve(self.active.size + chunk / 2)
-    }
-
-    /// Bytes in the active segment from which the next segment's file is
-    /// wanted: half a segment, or four reservation chunks if less (4 MiB by
-    /// default), so that a server past its first few MiB of log stops
-    /// reserving on the writer thread, and a log that stays small never
-    /// makes a spare.
-    fn spare_threshold(&self) -> u64 {
-        (self.config.segment_max_bytes / 2).min(self.reserve_chunk().saturating_mul(4))
-    }
-
-    /// What makes the next segment's file ahead, off the writer thread;
-    /// without one running, each roll creates its segment itself.
-    pub fn spare_maker(&self) -> spare::SpareMaker {
-        spare::SpareMaker::new(self.storage.clone(), &self.dir, self.config.clone(), self.spare.clone())
+        self.reserve(self.active.size + self.reserve_chunk() / 2)
     }
 
     /// Zeros reserved at a time: `preallocate_bytes`, at most a segment's worth.
@@ -430,15 +361,8 @@ impl Log {
             }
             (t.end_offset, t.last_chain)
         };
-        let next = match self.spare.take() {
-            Some(file) => {
-                let next = install_spare(&*self.storage, &self.dir, file, first, prev);
-                self.spare.installed();
-                next
-            }
-            None => create_segment(&*self.storage, &self.dir, first, prev),
-        }
-        .inspect_err(|e| self.failed = Some(e.to_string()))?;
+        let next = create_segment(&*self.storage, &self.dir, first, prev)
+            .inspect_err(|e| self.failed = Some(e.to_string()))?;
         info!(segment = %next.view.path.display(), "rolled to a new segment");
         self.shared.push(next.view.clone());
         self.active = next;
@@ -464,9 +388,6 @@ impl Log {
         }
         let until = if self.active.view.tail().blocks.is_empty() { self.active.view.first } else { Offset(u64::MAX) };
         self.sealer().seal_pending(until)?;
-        if self.spare.discard() {
-            spare::remove_leftover(&*self.storage, &self.dir)?;
-        }
         Ok(())
     }
 }

@@ -4,7 +4,6 @@
 mod corruption;
 mod crash_points;
 mod model;
-mod spare;
 
 use std::path::Path;
 use std::sync::Arc;
