@@ -228,11 +228,7 @@ fn run_client(
     acks: Option<&Mutex<BufWriter<std::fs::File>>>,
     stats: &Stats,
 ) -> anyhow::Result<()> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into();
+    let agent = agent(Duration::from_secs(30));
     let mut g = gen::Generator::new(args.seed, client);
     let start = match &args.state {
         Some(dir) => {
@@ -403,10 +399,20 @@ fn check(acks: &Path, archive: &Path) -> anyhow::Result<bool> {
     Ok(ok)
 }
 
-fn agent() -> ureq::Agent {
+/// An HTTP client whose every step (connect, send, await the answer, read
+/// it) may take `timeout`. Not one `timeout_global`: under any timeout that
+/// covers name resolution, ureq 3 resolves on a new thread per request, even
+/// `127.0.0.1` over a pooled connection, and every latency this tool measured
+/// included that thread's start.
+fn agent(timeout: Duration) -> ureq::Agent {
+    let t = Some(timeout);
     ureq::Agent::config_builder()
         .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(60)))
+        .timeout_connect(t)
+        .timeout_send_request(t)
+        .timeout_send_body(t)
+        .timeout_recv_response(t)
+        .timeout_recv_body(t)
         .build()
         .into()
 }
@@ -525,7 +531,7 @@ fn query(a: &QueryArgs) -> anyhow::Result<()> {
             .map(|c| {
                 let (queries, kinds, base, samples, hits, text) = (&queries, &kinds, &base, &samples, &hits, &text);
                 s.spawn(move || -> anyhow::Result<()> {
-                    let agent = agent();
+                    let agent = agent(Duration::from_secs(60));
                     let warm = u32::from(!a.cold);
                     for pass in 0..a.passes + warm {
                         // Clients start at different queries so they do not move in step.
@@ -586,7 +592,7 @@ fn query(a: &QueryArgs) -> anyhow::Result<()> {
 }
 
 fn probe(a: &ProbeArgs) -> anyhow::Result<()> {
-    let agent = agent();
+    let agent = agent(Duration::from_secs(60));
     let base = a.url.trim_end_matches('/').to_string();
     let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos();
     let mut lat = Vec::new();
