@@ -24,6 +24,7 @@
 mod floor;
 mod gen;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -430,35 +431,45 @@ fn percent_encode(s: &str) -> String {
 }
 
 /// A search answer as a client reads it: the total and every hit with the
-/// fields an auditor's screen shows, bodies and snippets included. Typed, as
-/// a Rust client would read it; a `serde_json::Value` tree cost this client
-/// more CPU than the server spent answering.
+/// fields an auditor's screen shows, bodies and snippets included. Typed and
+/// borrowed from the answer's text where no escape needs undoing, as a Rust
+/// client would read it: a `serde_json::Value` tree cost this client more CPU
+/// than the server spent answering, and a `String` per field about 0.1 ms a page.
 #[derive(serde::Deserialize)]
-struct SearchPage {
-    hits: Vec<SearchHit>,
+struct SearchPage<'a> {
+    #[serde(borrow)]
+    hits: Vec<SearchHit<'a>>,
     total: u64,
 }
 
 #[derive(serde::Deserialize)]
-struct SearchHit {
+struct SearchHit<'a> {
     offset: u64,
-    ts: String,
-    network: String,
-    kind: String,
-    from: String,
-    to: Vec<String>,
-    channel: Option<String>,
-    body: String,
-    snippet: String,
+    #[serde(borrow)]
+    ts: Cow<'a, str>,
+    #[serde(borrow)]
+    network: Cow<'a, str>,
+    #[serde(borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow)]
+    from: Cow<'a, str>,
+    #[serde(borrow)]
+    to: Vec<Cow<'a, str>>,
+    #[serde(borrow)]
+    channel: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    body: Cow<'a, str>,
+    #[serde(borrow)]
+    snippet: Cow<'a, str>,
 }
 
-impl SearchHit {
+impl SearchHit<'_> {
     /// Bytes of text the hit brought (a page that lost its bodies shows here).
     fn text_bytes(&self) -> usize {
         let fields = [&self.ts, &self.network, &self.kind, &self.from, &self.body, &self.snippet];
         fields.iter().map(|f| f.len()).sum::<usize>()
-            + self.to.iter().map(String::len).sum::<usize>()
-            + self.channel.as_ref().map_or(0, String::len)
+            + self.to.iter().map(|t| t.len()).sum::<usize>()
+            + self.channel.as_ref().map_or(0, |c| c.len())
     }
 }
 
