@@ -434,7 +434,8 @@ fn percent_encode(s: &str) -> String {
 /// fields an auditor's screen shows, bodies and snippets included. Typed and
 /// borrowed from the answer's text where no escape needs undoing, as a Rust
 /// client would read it: a `serde_json::Value` tree cost this client more CPU
-/// than the server spent answering, and a `String` per field about 0.1 ms a page.
+/// than the server spent answering, and a `String` per field about a tenth
+/// of the page's 0.1 ms parse (docs/benchmarks.md, 2026-12-07).
 #[derive(serde::Deserialize)]
 struct SearchPage<'a> {
     #[serde(borrow)]
